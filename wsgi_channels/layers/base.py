@@ -1,0 +1,501 @@
+"""The channel layer contract shared by every backend: names, limits, errors, encoding.
+
+A channel layer carries *messages* (dicts of msgpack-able values) on named FIFO
+*channels* and broadcasts them to *groups* of channels. The API is the synchronous one
+of the ASGI 1.0 channel layer specification, so that an ASGI 1.0 layer such as
+``asgi_redis.RedisChannelLayer`` can be handed to our :class:`~wsgi_channels.Worker`
+and our layers can be used where an ASGI 1.0 layer is expected::
+
+    layer.send(channel, message)          # ChannelFull, MessageTooLarge, InvalidChannelName
+    layer.receive(channels, block=False)  # -> (channel, message) or (None, None)
+    layer.new_channel("pattern!")         # a fresh, unguessable name
+    layer.group_add(group, channel); layer.group_discard(group, channel)
+    layer.group_channels(group); layer.send_group(group, message)
+    layer.flush(); layer.global_statistics(); layer.channel_statistics(channel)
+    layer.close()
+
+Errors, one root drawn as a tree::
+
+    ChannelsError
+     ├── ChannelFull              a send found the channel at its capacity; nothing was sent
+     ├── MessageTooLarge          the encoded message is over ``max_message_size`` (1 MiB)
+     ├── InvalidChannelName       (also ValueError) a name breaks the ASGI 1.0 rules
+     ├── InvalidMessage           (also TypeError) a value msgpack cannot carry
+     ├── LayerUnavailable         the layer's server is down; the layer reconnects by itself
+     └── ConfigurationError       a bad URL, option, APP path or command-line value
+
+*Process-specific* channels (``name!local``) share one queue per process, named by
+their non-local part ``name!``: one blocking call reads every local channel of a
+process, capacity counts against ``name!``, and a group send writes one message per
+``name!`` queue that holds members, which the receiving process expands to its local
+members (:meth:`BaseChannelLayer._expand_group`). That keeps the cost of a group send
+independent of the number of members.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, NamedTuple
+
+import msgpack
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "DEFAULT_EXPIRY",
+    "DEFAULT_GROUP_EXPIRY",
+    "MAX_MESSAGE_SIZE",
+    "MAX_NAME_LENGTH",
+    "BaseChannelLayer",
+    "ChannelFull",
+    "ChannelsError",
+    "ConfigurationError",
+    "InvalidChannelName",
+    "InvalidMessage",
+    "LayerUnavailable",
+    "Message",
+    "MessageTooLarge",
+    "Record",
+    "decode_message",
+    "encode_message",
+    "non_local_name",
+    "validate_channel_name",
+    "validate_group_name",
+]
+
+Message = dict[str, Any]
+
+DEFAULT_EXPIRY = 60.0
+DEFAULT_GROUP_EXPIRY = 86400.0
+DEFAULT_CAPACITY = 100
+DEFAULT_RECEIVE_TIMEOUT = 1.0
+MAX_MESSAGE_SIZE = 1024 * 1024
+MAX_NAME_LENGTH = 100  # names must be *shorter* than this
+
+_CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?$", re.ASCII)
+_GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$", re.ASCII)
+
+
+class ChannelsError(Exception):
+    """The root of every error raised by wsgi-channels."""
+
+
+class ChannelFull(ChannelsError):
+    """The channel holds as many messages as its capacity allows; nothing was sent."""
+
+
+class MessageTooLarge(ChannelsError):
+    """The message, once encoded, is larger than the layer accepts; nothing was sent."""
+
+
+class InvalidChannelName(ChannelsError, ValueError):
+    """A channel or group name does not match the ASGI 1.0 rules or is too long."""
+
+
+class InvalidMessage(ChannelsError, TypeError):
+    """A message is not a dict of msgpack-able values: None, bool, int, float, str,
+    bytes, list, and dict with str keys."""
+
+
+class LayerUnavailable(ChannelsError):
+    """The layer's server cannot be reached. The layer reconnects by itself; calls
+    made while it is away raise this error."""
+
+
+class ConfigurationError(ChannelsError):
+    """A layer URL, an option or a command-line value is wrong; the message says what
+    is accepted."""
+
+
+def validate_channel_name(name: object, *, receive: bool = False) -> str:
+    """Return *name* if it is a valid channel name, else raise InvalidChannelName.
+
+    With ``receive=True`` the name must be one a reader may wait on: a normal name, a
+    full ``name?local`` name, or the ``name!`` prefix of process-specific channels (a
+    full ``name!local`` is read through its prefix, by the process that owns it).
+    """
+    if not isinstance(name, str):
+        raise InvalidChannelName(f"channel name must be a str, not {type(name).__name__}")
+    if len(name) >= MAX_NAME_LENGTH:
+        raise InvalidChannelName(
+            f"channel name {name[:40]!r}... is {len(name)} characters; "
+            f"names must be shorter than {MAX_NAME_LENGTH}"
+        )
+    if not _CHANNEL_NAME.match(name):
+        raise InvalidChannelName(
+            f"invalid channel name {name!r}: names are ASCII letters, digits, '-', '_' "
+            "and '.', optionally followed by '!' or '?' and a local part"
+        )
+    if receive and "!" in name and not name.endswith("!"):
+        raise InvalidChannelName(
+            f"cannot receive on {name!r}: process-specific channels are received "
+            f"through their prefix {non_local_name(name)!r}"
+        )
+    return name
+
+
+def validate_group_name(name: object) -> str:
+    """Return *name* if it is a valid group name, else raise InvalidChannelName."""
+    if not isinstance(name, str):
+        raise InvalidChannelName(f"group name must be a str, not {type(name).__name__}")
+    if len(name) >= MAX_NAME_LENGTH:
+        raise InvalidChannelName(
+            f"group name {name[:40]!r}... is {len(name)} characters; "
+            f"names must be shorter than {MAX_NAME_LENGTH}"
+        )
+    if not _GROUP_NAME.match(name):
+        raise InvalidChannelName(
+            f"invalid group name {name!r}: group names are ASCII letters, digits, "
+            "'-', '_' and '.'"
+        )
+    return name
+
+
+def non_local_name(channel: str) -> str:
+    """The queue a channel's messages live in: ``"a.b!"`` for ``"a.b!xyz"``, else the
+    name itself."""
+    bang = channel.find("!")
+    return channel if bang < 0 else channel[: bang + 1]
+
+
+def encode_message(message: Mapping[str, Any], max_size: int = MAX_MESSAGE_SIZE) -> bytes:
+    """Encode *message* as msgpack, refusing what the wire format cannot carry.
+
+    Raises InvalidMessage for a non-dict or a value that is not None, bool, int, float,
+    str, bytes, list or dict with str keys, and MessageTooLarge when the encoding is
+    over *max_size* bytes. Every layer, the memory one included, goes through here, so
+    a message that would fail on Redis fails in tests too.
+    """
+    if not isinstance(message, dict):
+        raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
+    try:
+        data: bytes = msgpack.packb(message, use_bin_type=True, datetime=False)
+        # Decoding strictly is the cheapest complete check for non-str map keys.
+        msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidMessage(f"message cannot be encoded with msgpack: {exc}") from None
+    if len(data) > max_size:
+        raise MessageTooLarge(
+            f"message is {len(data)} bytes encoded; the limit is {max_size} bytes"
+        )
+    return data
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode bytes made by :func:`encode_message`."""
+    message: Message = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    return message
+
+
+class Record(NamedTuple):
+    """One entry popped from a backend queue.
+
+    ``channel`` is the full channel name the message was sent to; for a group message
+    to a process queue it is the ``name!`` prefix and ``group`` names the group, whose
+    local members the receiving process looks up.
+    """
+
+    channel: str
+    data: bytes
+    group: str | None = None
+
+
+class BaseChannelLayer:
+    """Behaviour shared by the memory, SQLite and Redis layers.
+
+    Subclasses implement the storage hooks (``_push``, ``_pop``, ``_push_group``,
+    ``_local_members`` and the group and housekeeping methods); the validation,
+    encoding, capacity rules, local-channel expansion and fork handling live here so
+    that every backend behaves the same.
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush", "statistics"]
+
+    # ASGI 1.0 layers expose their exceptions as attributes.
+    ChannelFull = ChannelFull
+    MessageTooLarge = MessageTooLarge
+
+    def __init__(
+        self,
+        *,
+        expiry: float = DEFAULT_EXPIRY,
+        group_expiry: float = DEFAULT_GROUP_EXPIRY,
+        capacity: int = DEFAULT_CAPACITY,
+        channel_capacity: Mapping[str, int] | None = None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        receive_timeout: float = DEFAULT_RECEIVE_TIMEOUT,
+    ) -> None:
+        if expiry <= 0 or group_expiry <= 0:
+            raise ConfigurationError("expiry and group_expiry must be positive numbers of seconds")
+        if capacity < 1:
+            raise ConfigurationError("capacity must be at least 1")
+        if receive_timeout <= 0:
+            raise ConfigurationError("receive_timeout must be a positive number of seconds")
+        self.expiry = float(expiry)
+        self.group_expiry = float(group_expiry)
+        self.capacity = int(capacity)
+        self.channel_capacity = dict(channel_capacity or {})
+        for pattern, value in self.channel_capacity.items():
+            if int(value) < 1:
+                raise ConfigurationError(f"capacity for {pattern!r} must be at least 1")
+        self.max_message_size = int(max_message_size)
+        self.receive_timeout = float(receive_timeout)
+        self._capacity_cache: dict[str, int] = {}
+        # Messages of a group send already expanded to this process's local members,
+        # waiting to be returned by receive(), per process queue: (expires, channel, data).
+        self._expanded: dict[str, collections.deque[tuple[float, str, bytes]]] = {}
+        self._expanded_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._messages_count = 0
+        self._channel_full_count = 0
+        self._group_full_count = 0
+        self._pid = os.getpid()
+
+    # -- names and limits ---------------------------------------------------------
+
+    def new_channel(self, pattern: str) -> str:
+        """Return a new channel name that starts with *pattern* (which ends in ``!``
+        or ``?``) followed by 128 random bits, so it cannot be guessed."""
+        if not isinstance(pattern, str) or not pattern.endswith(("!", "?")):
+            raise InvalidChannelName(f"new_channel pattern must end in '!' or '?', not {pattern!r}")
+        name = pattern + secrets.token_urlsafe(16)
+        return validate_channel_name(name)
+
+    def get_capacity(self, channel: str) -> int:
+        """Capacity of the queue *channel* lives in: the first ``channel_capacity``
+        glob pattern that matches its non-local part, else ``capacity``."""
+        queue = non_local_name(channel)
+        cached = self._capacity_cache.get(queue)
+        if cached is not None:
+            return cached
+        value = self.capacity
+        for pattern, pattern_capacity in self.channel_capacity.items():
+            if fnmatch.fnmatchcase(queue, pattern):
+                value = int(pattern_capacity)
+                break
+        if len(self._capacity_cache) < 10000:
+            self._capacity_cache[queue] = value
+        return value
+
+    def _encode(self, message: Mapping[str, Any]) -> bytes:
+        return encode_message(message, self.max_message_size)
+
+    def _receive_names(self, channels: Iterable[str]) -> list[str]:
+        if isinstance(channels, str):
+            raise InvalidChannelName("receive() takes a list of channel names, not a str")
+        names = [validate_channel_name(c, receive=True) for c in channels]
+        return list(dict.fromkeys(names))
+
+    # -- fork safety --------------------------------------------------------------
+
+    def _check_fork(self) -> None:
+        """Drop connections and buffers inherited from a parent process.
+
+        Called at the start of every operation; a child after ``os.fork()`` gets fresh
+        connections on its first call without any action from the user.
+        """
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid = pid
+            self._expanded = {}
+            self._expanded_lock = threading.Lock()
+            self._stats_lock = threading.Lock()
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """Hook: reset connections and locks in a forked child."""
+
+    # -- the API ------------------------------------------------------------------
+
+    def send(self, channel: str, message: Message) -> None:
+        """Put *message* on *channel*.
+
+        Raises InvalidChannelName, InvalidMessage, MessageTooLarge, or ChannelFull when
+        the channel's queue holds ``get_capacity(channel)`` messages already.
+        """
+        self._check_fork()
+        validate_channel_name(channel)
+        if channel.endswith(("!", "?")):
+            raise InvalidChannelName(f"cannot send to {channel!r}: it has no local part")
+        data = self._encode(message)
+        if not self._push(channel, data, time.time() + self.expiry):
+            with self._stats_lock:
+                self._channel_full_count += 1
+            raise ChannelFull(f"channel {channel!r} is full ({self.get_capacity(channel)})")
+        with self._stats_lock:
+            self._messages_count += 1
+
+    def receive(
+        self, channels: Iterable[str], block: bool = False
+    ) -> tuple[str, Message] | tuple[None, None]:
+        """Take the next message from any of *channels*, as ``(channel, message)``.
+
+        Returns ``(None, None)`` when there is none; with ``block=True`` it waits for
+        one, at most ``receive_timeout`` seconds, so that callers can check for
+        shutdown. Each message is delivered once, to one reader, in the order sent per
+        channel; expired messages are never returned.
+        """
+        self._check_fork()
+        names = self._receive_names(channels)
+        if not names:
+            return None, None
+        deadline = time.monotonic() + self.receive_timeout
+        while True:
+            local = self._pop_expanded(names)
+            if local is not None:
+                return local
+            record = self._pop(names, block, deadline)
+            if record is None:
+                return None, None
+            if record.group is None:
+                return record.channel, decode_message(record.data)
+            self._expand_group(record.group, record)
+
+    def _expand_group(self, group: str, record: Record) -> None:
+        """Turn one group message for this process into one message per local member."""
+        members = self._local_members(group, record.channel)
+        if not members:
+            return
+        expires = time.time() + self.expiry
+        with self._expanded_lock:
+            queue = self._expanded.setdefault(record.channel, collections.deque())
+            queue.extend((expires, member, record.data) for member in members)
+
+    def _pop_expanded(self, names: list[str]) -> tuple[str, Message] | None:
+        if not self._expanded:
+            return None
+        now = time.time()
+        with self._expanded_lock:
+            for name in names:
+                queue = self._expanded.get(name)
+                while queue:
+                    expires, channel, data = queue.popleft()
+                    if not queue:
+                        del self._expanded[name]
+                    if expires > now:
+                        return channel, decode_message(data)
+        return None
+
+    def send_group(self, group: str, message: Message) -> None:
+        """Send *message* to every member of *group*.
+
+        Never raises ChannelFull: members whose queue is full are skipped and counted
+        (``global_statistics()["group_full_count"]``). Members on ``name!`` channels
+        cost one write per process, not one per member.
+        """
+        self._check_fork()
+        validate_group_name(group)
+        data = self._encode(message)
+        skipped = self._push_group(group, data, time.time() + self.expiry)
+        with self._stats_lock:
+            self._messages_count += 1
+            self._group_full_count += skipped
+
+    def group_add(self, group: str, channel: str) -> None:
+        """Add *channel* to *group*, or refresh its membership, for ``group_expiry``."""
+        self._check_fork()
+        validate_group_name(group)
+        validate_channel_name(channel)
+        self._group_add(group, channel, time.time() + self.group_expiry)
+
+    def group_discard(self, group: str, channel: str) -> None:
+        """Remove *channel* from *group*; no error if it was not a member."""
+        self._check_fork()
+        validate_group_name(group)
+        validate_channel_name(channel)
+        self._group_discard(group, channel)
+
+    def group_channels(self, group: str) -> list[str]:
+        """The channels currently (and not expired) in *group*."""
+        self._check_fork()
+        validate_group_name(group)
+        return self._group_channels(group)
+
+    def flush(self) -> None:
+        """Delete every message and group membership of this layer."""
+        self._check_fork()
+        with self._expanded_lock:
+            self._expanded.clear()
+        self._flush()
+
+    def global_statistics(self) -> dict[str, int]:
+        """Counts since this layer object was made: messages sent (a group send counts
+        once), sends refused as full, and group members skipped because full."""
+        with self._stats_lock:
+            return {
+                "messages_count": self._messages_count,
+                "channel_full_count": self._channel_full_count,
+                "group_full_count": self._group_full_count,
+            }
+
+    def channel_statistics(self, channel: str) -> dict[str, Any]:
+        """``messages_pending`` (waiting now in the channel's queue), ``messages_max_age``
+        (seconds the oldest has waited) and ``capacity``."""
+        self._check_fork()
+        validate_channel_name(channel)
+        pending, max_age = self._queue_stats(non_local_name(channel))
+        return {
+            "messages_pending": pending,
+            "messages_max_age": max_age,
+            "capacity": self.get_capacity(channel),
+        }
+
+    def overview(self) -> dict[str, Any]:
+        """What ``wsgi-channels stats`` shows: ``{"channels": {queue: pending},
+        "groups": {group: member_count}}`` for every non-empty queue and group."""
+        self._check_fork()
+        return self._overview()
+
+    def close(self) -> None:
+        """Release connections; the layer must not be used afterwards."""
+
+    def __enter__(self) -> BaseChannelLayer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- storage hooks ------------------------------------------------------------
+
+    def _push(self, channel: str, data: bytes, expires: float) -> bool:
+        """Append to the queue of *channel*; False if it is full."""
+        raise NotImplementedError
+
+    def _pop(self, names: list[str], block: bool, deadline: float) -> Record | None:
+        """Remove and return the oldest unexpired record of any queue in *names*
+        (normal names, ``?`` full names, ``name!`` prefixes); wait until the
+        monotonic *deadline* if *block*."""
+        raise NotImplementedError
+
+    def _push_group(self, group: str, data: bytes, expires: float) -> int:
+        """Write *data* once to each normal member and once per process queue with
+        members; return how many were skipped because full."""
+        raise NotImplementedError
+
+    def _local_members(self, group: str, prefix: str) -> list[str]:
+        """The unexpired members of *group* that are local channels of *prefix*."""
+        raise NotImplementedError
+
+    def _group_add(self, group: str, channel: str, expires: float) -> None:
+        raise NotImplementedError
+
+    def _group_discard(self, group: str, channel: str) -> None:
+        raise NotImplementedError
+
+    def _group_channels(self, group: str) -> list[str]:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def _queue_stats(self, queue: str) -> tuple[int, float]:
+        raise NotImplementedError
+
+    def _overview(self) -> dict[str, Any]:
+        raise NotImplementedError
