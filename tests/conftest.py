@@ -9,8 +9,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +157,64 @@ def own_redis() -> Iterator[RedisServer]:
 def sqlite_url(tmp_path: Path) -> str:
     """A layer URL for a fresh SQLite file (absolute path: four slashes)."""
     return f"sqlite:///{tmp_path / 'layer.sqlite3'}"
+
+
+LAYER_BACKENDS = ("memory", "sqlite", "redis")
+
+
+def layer_query(options: dict[str, object]) -> str:
+    """Layer options as a URL query string; ``channel_capacity`` may be given as a dict
+    of glob pattern to capacity."""
+    pairs = []
+    for key, value in options.items():
+        if isinstance(value, dict):
+            value = ";".join(f"{pattern}:{number}" for pattern, number in value.items())
+        pairs.append((key, str(value)))
+    return urllib.parse.urlencode(pairs)
+
+
+@pytest.fixture(params=LAYER_BACKENDS)
+def layer_backend(request: pytest.FixtureRequest) -> str:
+    """The name of the backend under test; override with
+    ``@pytest.mark.parametrize("layer_backend", [...])`` to run on fewer backends."""
+    return str(request.param)
+
+
+@pytest.fixture
+def layer_url(layer_backend: str, request: pytest.FixtureRequest) -> str:
+    """A URL, without query, for fresh storage of the backend under test (a new SQLite
+    file, a flushed redis-server of our own)."""
+    if layer_backend == "memory":
+        return "memory://"
+    if layer_backend == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    if layer_backend == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    raise ValueError(f"unknown layer backend {layer_backend!r}")
+
+
+@pytest.fixture
+def make_layer(layer_url: str) -> Iterator[Callable[..., Any]]:
+    """``make_layer(**options)`` builds a layer of the backend under test with
+    *options* passed in its URL's query (``expiry=1``, ``capacity=3``,
+    ``channel_capacity={"big.*": 5}``, ...). Layers made in one test share storage
+    (except on memory://) and are closed at teardown."""
+    from wsgi_channels.layers import layer_from_url
+
+    made: list[Any] = []
+
+    def make(**options: object) -> Any:
+        query = layer_query(options)
+        layer = layer_from_url(f"{layer_url}?{query}" if query else layer_url)
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        layer.close()
+
+
+@pytest.fixture
+def layer(make_layer: Callable[..., Any]) -> Any:
+    """A layer with default options, once per backend: memory, SQLite, Redis."""
+    return make_layer()
