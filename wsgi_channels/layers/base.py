@@ -78,8 +78,10 @@ DEFAULT_RECEIVE_TIMEOUT = 1.0
 MAX_MESSAGE_SIZE = 1024 * 1024
 MAX_NAME_LENGTH = 100  # names must be *shorter* than this
 
-_CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?$", re.ASCII)
-_GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$", re.ASCII)
+# The ASGI 1.0 patterns, matched with fullmatch so that a trailing newline (which "$"
+# would let through) is refused.
+_CHANNEL_NAME = re.compile(r"[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?", re.ASCII)
+_GROUP_NAME = re.compile(r"[a-zA-Z\d\-_.]+", re.ASCII)
 
 
 class ChannelsError(Exception):
@@ -127,7 +129,7 @@ def validate_channel_name(name: object, *, receive: bool = False) -> str:
             f"channel name {name[:40]!r}... is {len(name)} characters; "
             f"names must be shorter than {MAX_NAME_LENGTH}"
         )
-    if not _CHANNEL_NAME.match(name):
+    if not _CHANNEL_NAME.fullmatch(name):
         raise InvalidChannelName(
             f"invalid channel name {name!r}: names are ASCII letters, digits, '-', '_' "
             "and '.', optionally followed by '!' or '?' and a local part"
@@ -149,10 +151,9 @@ def validate_group_name(name: object) -> str:
             f"group name {name[:40]!r}... is {len(name)} characters; "
             f"names must be shorter than {MAX_NAME_LENGTH}"
         )
-    if not _GROUP_NAME.match(name):
+    if not _GROUP_NAME.fullmatch(name):
         raise InvalidChannelName(
-            f"invalid group name {name!r}: group names are ASCII letters, digits, "
-            "'-', '_' and '.'"
+            f"invalid group name {name!r}: group names are ASCII letters, digits, '-', '_' and '.'"
         )
     return name
 
@@ -176,8 +177,9 @@ def encode_message(message: Mapping[str, Any], max_size: int = MAX_MESSAGE_SIZE)
         raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
     try:
         data: bytes = msgpack.packb(message, use_bin_type=True, datetime=False)
-        # Decoding strictly is the cheapest complete check for non-str map keys.
-        msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        # Decoding again is the cheapest complete check for map keys that are not str
+        # (strict_map_key alone lets bytes keys through); the hook runs once per map.
+        msgpack.unpackb(data, raw=False, object_pairs_hook=_check_str_keys)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMessage(f"message cannot be encoded with msgpack: {exc}") from None
     if len(data) > max_size:
@@ -185,6 +187,12 @@ def encode_message(message: Mapping[str, Any], max_size: int = MAX_MESSAGE_SIZE)
             f"message is {len(data)} bytes encoded; the limit is {max_size} bytes"
         )
     return data
+
+
+def _check_str_keys(pairs: list[tuple[Any, Any]]) -> None:
+    for key, _value in pairs:
+        if type(key) is not str:
+            raise ValueError(f"map keys must be str, not {type(key).__name__} ({key!r:.40})")
 
 
 def decode_message(data: bytes) -> Message:
