@@ -29,6 +29,7 @@ is imported only for a Redis URL.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -93,17 +94,20 @@ def mask_url(url: str) -> str:
     """*url* with any password replaced by ``***``, safe for logs and errors."""
     parts = []
     for one in url.split(","):
-        parsed = urllib.parse.urlsplit(one.strip())
-        if parsed.password is not None:
-            userinfo = (parsed.username or "") + ":***"
-            host = parsed.netloc.rpartition("@")[2]
-            parsed = parsed._replace(netloc=f"{userinfo}@{host}")
-        query = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
-        if any(k == "password" for k, _ in query):
-            masked = [(k, "***" if k == "password" else v) for k, v in query]
-            parsed = parsed._replace(query=urllib.parse.urlencode(masked, safe="*:;"))
-        parts.append(urllib.parse.urlunsplit(parsed))
+        one = one.strip()
+        scheme, sep, rest = one.partition("://")
+        if sep:
+            netloc, slash, tail = rest.partition("/")
+            userinfo, at, host = netloc.rpartition("@")
+            if at and ":" in userinfo:
+                netloc = userinfo.partition(":")[0] + ":***@" + host
+            rest = netloc + slash + tail
+        one = _QUERY_PASSWORD.sub(r"\1***", scheme + sep + rest)
+        parts.append(one)
     return ",".join(parts)
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
 
 
 def parse_options(
