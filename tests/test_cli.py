@@ -1,0 +1,108 @@
+"""The ``wsgi-channels`` command, run as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import free_port, wait_for_port
+from servers import TESTS, CliProcess, child_env, cli_command
+
+
+def wsgi_channels(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli_command(*args),
+        capture_output=True,
+        text=True,
+        env=child_env(env),
+        cwd=TESTS,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(("worker", "no_such_module:app"), "no module named", id="missing-module"),
+        pytest.param(("worker", "apps:nothing"), "has no attribute 'nothing'", id="missing-attr"),
+        pytest.param(("worker", "not a path"), "bad APP", id="malformed-app"),
+        pytest.param(("worker", "apps:echo", "--layer", "ftp://x"), "accepted schemes", id="url"),
+        pytest.param(("worker", "apps:echo", "--threads", "0"), "--threads", id="bad-value"),
+        pytest.param(("interface", "--bogus"), "--bogus", id="unknown-option"),
+        pytest.param(("interface", "--bind", "nowhere"), "bad --bind", id="bad-bind"),
+        pytest.param(("send", "--group", "g"), "--text and --json", id="send-no-body"),
+        pytest.param(
+            ("stats", "--layer", "redis://127.0.0.1:1/0?socket_connect_timeout=1"),
+            "unreachable",
+            id="layer-down",
+        ),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(args: tuple[str, ...], expected: str) -> None:
+    result = wsgi_channels(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_environment_variables_are_options(sqlite_url: str) -> None:
+    result = wsgi_channels("worker", "apps:echo", env={"WSGI_CHANNELS_THREADS": "0"})
+    assert result.returncode == 2
+    assert "--threads" in result.stderr
+    result = wsgi_channels("stats", env={"WSGI_CHANNELS_LAYER": sqlite_url})
+    assert result.returncode == 0
+    assert sqlite_url in result.stdout
+
+
+def test_send_and_stats(sqlite_url: str) -> None:
+    from wsgi_channels.layers import layer_from_url
+
+    layer = layer_from_url(sqlite_url)
+    try:
+        layer.group_add("fans", "some.member")
+        layer.group_add("fans", "other.member")
+        sent = wsgi_channels("send", "--layer", sqlite_url, "--group", "fans", "--text", "hi")
+        assert sent.returncode == 0, sent.stderr
+        assert "2 members" in sent.stdout
+        sent = wsgi_channels(
+            "send", "--layer", sqlite_url, "--channel", "some.member", "--json", '{"text": "x"}'
+        )
+        assert sent.returncode == 0, sent.stderr
+        stats = wsgi_channels("stats", "--layer", sqlite_url)
+        assert stats.returncode == 0, stats.stderr
+        rows = {line.split()[0]: line.split()[1:] for line in stats.stdout.splitlines() if line}
+        assert rows["some.member"] == ["2", "100"]  # group message + direct one
+        assert rows["other.member"] == ["1", "100"]
+        assert rows["fans"] == ["2"]
+        assert layer.receive(["some.member"])[1] == {"text": "hi"}
+        assert layer.receive(["some.member"])[1] == {"text": "x"}
+    finally:
+        layer.close()
+
+
+def test_stats_masks_the_password() -> None:
+    result = wsgi_channels("stats", "--layer", "redis://:secret@127.0.0.1:1/0")
+    assert result.returncode == 2
+    assert "secret" not in result.stderr
+
+
+def test_run_prints_its_url_and_serves(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'run.sqlite3'}"
+    process = CliProcess("run", "apps:echo", "--bind", f"127.0.0.1:{port}", "--layer", url)
+    process.start()
+    try:
+        process.wait_for_output(f" * Running on http://127.0.0.1:{port} (Press CTRL+C to quit)")
+        wait_for_port(port)
+        response = requests.get(f"http://127.0.0.1:{port}/hi", timeout=10)
+        assert response.status_code == 200
+        assert response.json()["path"] == "/hi"
+    finally:
+        assert process.stop() == 0, process.output
+    assert "Traceback" not in process.output

@@ -1,0 +1,351 @@
+"""The interface server end to end: real uvicorn and real worker processes, real sockets,
+on the SQLite and Redis layers; plus the pure origin rules."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+import websockets
+from apps import download_digest
+from conftest import REDIS_SERVER, RedisServer
+from servers import InterfaceProcess, Stack
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from wsgi_channels.interface import OriginRules
+from wsgi_channels.layers import layer_from_url
+
+MAX_BODY = 21 * 1024 * 1024
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def layer_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A fresh layer per module and backend (module scope: processes are slow to start)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('layer') / 'layer.sqlite3'}"
+        return
+    if REDIS_SERVER is None:
+        pytest.skip("no redis-server binary on PATH")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def stack(layer_url: str) -> Iterator[Stack]:
+    with Stack(
+        layer_url,
+        interface_args=("--http-timeout", "3", "--max-body", str(MAX_BODY)),
+    ) as running:
+        yield running
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+# -- HTTP ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE", "PATCH"])
+def test_methods_reach_the_app(stack: Stack, method: str) -> None:
+    response = requests.request(
+        method,
+        stack.url + "/some/p%C3%A4th?a=1&b=%20",
+        data=b"payload" if method != "GET" else None,
+    )
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["method"] == method
+    assert seen["path"] == "/some/p\xc3\xa4th"  # WSGI: UTF-8 bytes as latin-1
+    assert seen["query"] == "a=1&b=%20"
+    assert seen["body"] == ("" if method == "GET" else "payload")
+
+
+def test_head_has_no_body(stack: Stack) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.interface.port, timeout=5)
+    conn.request("HEAD", "/anything")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == b""
+    assert int(response.headers["content-length"]) > 0
+    conn.close()
+
+
+def test_redirects_and_cookies(stack: Stack) -> None:
+    session = requests.Session()
+    response = session.get(stack.url + "/redirect")
+    assert [r.status_code for r in response.history] == [302]
+    assert response.json()["path"] == "/landed"
+    session.get(stack.url + "/cookie/set")
+    assert session.get(stack.url + "/cookie/get").json() == {"session": "abc123", "theme": "dark"}
+
+
+def test_20mb_upload_streams_through(stack: Stack) -> None:
+    block = os.urandom(1024 * 1024)
+    digest = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(20):
+            digest.update(block)
+            yield block
+
+    response = requests.post(stack.url + "/upload", data=chunks(), timeout=30)
+    assert response.status_code == 200
+    assert response.json() == {"size": 20 * 1024 * 1024, "sha256": digest.hexdigest()}
+
+
+def test_50mb_download_streams_through(stack: Stack) -> None:
+    digest = hashlib.sha256()
+    size = 0
+    with requests.get(stack.url + "/download", stream=True, timeout=30) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_content(1024 * 1024):
+            size += len(chunk)
+            digest.update(chunk)
+    assert size == 50 * 1024 * 1024
+    assert digest.hexdigest() == download_digest()
+
+
+def test_413_from_content_length_before_reading(stack: Stack) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.interface.port, timeout=5)
+    conn.putrequest("POST", "/upload")
+    conn.putheader("Content-Length", str(MAX_BODY + 1))
+    conn.endheaders()  # no body sent at all: the answer must not wait for it
+    assert conn.getresponse().status == 413
+    conn.close()
+
+
+def test_413_as_soon_as_a_chunked_body_goes_over(stack: Stack) -> None:
+    block = b"x" * (1024 * 1024)
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        for _ in range(40):
+            sent += len(block)
+            yield block
+
+    try:
+        response = requests.post(stack.url + "/upload", data=chunks(), timeout=10)
+        assert response.status_code == 413
+    except requests.ConnectionError:
+        pass  # the server may close while we are still writing: also a refusal
+    assert sent < 40 * len(block)
+
+
+def test_504_when_the_app_is_slower_than_http_timeout(stack: Stack) -> None:
+    started = time.monotonic()
+    response = requests.get(stack.url + "/slow?5", timeout=10)
+    assert response.status_code == 504
+    assert 2.5 < time.monotonic() - started < 4.5
+
+
+# -- WebSocket ------------------------------------------------------------------------
+
+
+def test_websocket_echo_text_and_bytes(stack: Stack) -> None:
+    async def talk() -> list[object]:
+        async with websockets.connect(stack.ws_url + "/ws/echo") as ws:
+            await ws.send("hello")
+            text = await ws.recv()
+            await ws.send(b"\x00\x01binary")
+            data = await ws.recv()
+            return [text, data]
+
+    assert run(talk()) == ["hello", b"\x00\x01binary"]
+
+
+def test_websocket_rejected_by_the_app_is_403(stack: Stack) -> None:
+    async def connect() -> None:
+        async with websockets.connect(stack.ws_url + "/ws/reject"):
+            pass
+
+    with pytest.raises(InvalidStatus) as info:
+        run(connect())
+    assert info.value.response.status_code == 403
+
+
+def test_500_frames_in_a_burst_arrive_in_order(stack: Stack) -> None:
+    async def burst() -> list[str]:
+        async with websockets.connect(stack.ws_url + "/ws/echo") as ws:
+            for i in range(500):
+                await ws.send(f"frame {i}")
+            return [str(await asyncio.wait_for(ws.recv(), 10)) for _ in range(500)]
+
+    assert run(burst()) == [f"frame {i}" for i in range(500)]
+
+
+def test_group_message_reaches_sockets_on_two_interface_processes(
+    stack: Stack, layer_url: str
+) -> None:
+    second = InterfaceProcess(layer_url).start()
+    layer = layer_from_url(layer_url)
+    try:
+
+        async def gather() -> list[object]:
+            urls = [stack.ws_url, stack.ws_url, second.ws_url]
+            sockets = [await websockets.connect(u + "/ws/group?name=fans") for u in urls]
+            try:
+                # The join happens in the connect event: wait until all three are in.
+                deadline = time.monotonic() + 5
+                while len(layer.group_channels("fans")) < 3 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                layer.send_group("fans", {"text": "goal!"})
+                return [await asyncio.wait_for(ws.recv(), 5) for ws in sockets]
+            finally:
+                for ws in sockets:
+                    await ws.close()
+
+        assert run(gather()) == ["goal!"] * 3
+    finally:
+        layer.close()
+        assert second.stop() == 0
+
+
+def test_shutdown_closes_websockets_with_1001(layer_url: str) -> None:
+    with Stack(layer_url) as own:
+        interface = own.interface
+
+        async def wait_close() -> int | None:
+            async with websockets.connect(interface.ws_url + "/ws/echo") as ws:
+                await ws.send("x")
+                await ws.recv()
+                interface.signal(15)
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert ws.close_code is not None
+                return ws.close_code
+
+        assert run(wait_close()) == 1001
+        assert interface.stop() == 0
+
+
+# -- without a worker: 503, origin refusal ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lonely(layer_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InterfaceProcess]:
+    """An interface with no worker, a one-message http.request channel, 1 s timeouts."""
+    sep = "&" if "?" in layer_url else "?"
+    # Redis: another db, so that the stack's worker never takes these messages.
+    url = (
+        layer_url.replace("/0", "/3")
+        if layer_url.startswith("redis")
+        else (f"sqlite:///{tmp_path_factory.mktemp('lonely') / 'layer.sqlite3'}")
+    )
+    url += f"{sep}channel_capacity=http.request:1"
+    process = InterfaceProcess(
+        url,
+        "--http-timeout",
+        "1",
+        "--websocket-connect-timeout",
+        "1",
+        "--allowed-origin",
+        "https://*.example.com",
+    ).start()
+    process.layer_url = url  # type: ignore[attr-defined]
+    yield process
+    process.stop()
+
+
+def test_503_with_retry_after_when_http_request_is_full(lonely: InterfaceProcess) -> None:
+    layer = layer_from_url(lonely.layer_url)  # type: ignore[attr-defined]
+    try:
+        layer.flush()
+        layer.send("http.request", {"filler": True})
+        response = requests.get(lonely.url + "/", timeout=5)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+    finally:
+        layer.flush()
+        layer.close()
+
+
+def test_504_when_no_worker_answers(lonely: InterfaceProcess) -> None:
+    layer = layer_from_url(lonely.layer_url)  # type: ignore[attr-defined]
+    layer.flush()
+    layer.close()
+    assert requests.get(lonely.url + "/", timeout=5).status_code == 504
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        pytest.param("http://evil.test", False, id="foreign"),
+        pytest.param("https://app.example.com", True, id="allowed-pattern"),
+        pytest.param("http://app.example.com", False, id="pattern-scheme-differs"),
+    ],
+)
+def test_origin_check_before_anything_reaches_the_layer(
+    lonely: InterfaceProcess, origin: str, allowed: bool
+) -> None:
+    layer = layer_from_url(lonely.layer_url)  # type: ignore[attr-defined]
+    layer.flush()
+
+    async def connect() -> None:
+        async with websockets.connect(
+            lonely.ws_url + "/ws",
+            origin=origin,
+            open_timeout=5,  # type: ignore[arg-type]
+        ):
+            pass
+
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            run(connect())
+        assert info.value.response.status_code == 403
+        # Refused by origin: nothing sent. Allowed: the connect waits on the layer
+        # (no worker here) until websocket_connect_timeout, then 403.
+        pending = layer.channel_statistics("websocket.connect")["messages_pending"]
+        assert pending == (1 if allowed else 0)
+    finally:
+        layer.flush()
+        layer.close()
+
+
+# -- origin rules, pure -------------------------------------------------------------------
+
+
+def _headers(origin: str | None, host: str = "site.test:8000") -> list[tuple[bytes, bytes]]:
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("patterns", "origin", "host", "expected"),
+    [
+        pytest.param((), None, "site.test:8000", True, id="no-origin-non-browser"),
+        pytest.param((), "http://site.test:8000", "site.test:8000", True, id="same-host"),
+        pytest.param((), "http://site.test", "site.test", True, id="same-host-default-port"),
+        pytest.param((), "http://site.test:9000", "site.test:8000", False, id="other-port"),
+        pytest.param((), "http://other.test:8000", "site.test:8000", False, id="other-host"),
+        pytest.param((), "null", "site.test", False, id="null-origin"),
+        pytest.param(("*",), "null", "site.test", True, id="star-allows-all"),
+        pytest.param(("https://example.com",), "https://example.com", "x", True, id="exact"),
+        pytest.param(("https://example.com",), "http://example.com", "x", False, id="scheme"),
+        pytest.param(("https://example.com",), "https://example.com:444", "x", False, id="port"),
+        pytest.param(("*.example.com",), "http://a.example.com", "x", True, id="wildcard"),
+        pytest.param(("*.example.com",), "https://a.b.example.com", "x", True, id="deep"),
+        pytest.param(("*.example.com",), "https://example.com", "x", False, id="apex"),
+        pytest.param(("*.example.com",), "https://evilexample.com", "x", False, id="suffix"),
+        pytest.param(("example.com:8443",), "https://example.com:8443", "x", True, id="hostport"),
+    ],
+)
+def test_origin_rules(
+    patterns: tuple[str, ...], origin: str | None, host: str, expected: bool
+) -> None:
+    assert OriginRules(patterns).allowed(_headers(origin, host), "ws") is expected

@@ -1,0 +1,573 @@
+"""The ``wsgi-channels`` command.
+
+::
+
+    wsgi-channels run APP [--bind 127.0.0.1:8000] [--layer URL] [--threads N] [--reload]
+    wsgi-channels interface [--bind] [--layer] [--workers N] [--allowed-origin ...]
+                            [--root-path] [--max-body] [--http-timeout]
+    wsgi-channels worker APP [--layer] [--threads N]
+    wsgi-channels send (--group G | --channel C) (--text T | --json J) [--layer]
+    wsgi-channels stats [--layer]
+
+``APP`` is ``module:attribute`` (``module`` alone means ``module:application``), found
+from the current directory as gunicorn does. Every option also reads an environment
+variable, named in ``--help`` (``WSGI_CHANNELS_LAYER``, ``WSGI_CHANNELS_BIND``, ...).
+
+Errors in the command line, the layer URL, the app import, or a layer that cannot be
+reached end the command with one line on stderr and exit status 2, never a traceback.
+The environment is read here, when a command runs, never at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from .layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url, mask_url
+from .layers.base import ChannelsError, ConfigurationError, LayerUnavailable
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Sequence
+
+    from .layers.base import BaseChannelLayer
+
+__all__ = ["cli", "main"]
+
+DEFAULT_BIND = "127.0.0.1:8000"
+
+
+class UsageProblem(Exception):
+    """A wrong value found after parsing (APP, layer URL, reachability): exit 2."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise UsageProblem(message)
+
+
+# -- shared option helpers ----------------------------------------------------------
+
+
+def _env(name: str) -> str:
+    return f"WSGI_CHANNELS_{name}"
+
+
+layer_option = click.option(
+    "--layer",
+    "layer_url",
+    envvar=LAYER_ENV,
+    default=None,
+    metavar="URL",
+    help=f"Channel layer URL (default {DEFAULT_LAYER_URL}). [env: {LAYER_ENV}]",
+)
+bind_option = click.option(
+    "--bind",
+    "-b",
+    envvar=_env("BIND"),
+    default=DEFAULT_BIND,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to listen on: HOST:PORT, [IPv6]:PORT or unix:PATH. [env: WSGI_CHANNELS_BIND]",
+)
+threads_option = click.option(
+    "--threads",
+    envvar=_env("THREADS"),
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Threads running the app. [env: WSGI_CHANNELS_THREADS]",
+)
+
+
+class SizeType(click.ParamType):  # type: ignore[type-arg]
+    """Bytes, or with a K/M/G suffix."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        from .interface import parse_size
+
+        try:
+            return parse_size(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a size in bytes (like 1048576, 512K, 10M)", param, ctx)
+
+
+def parse_bind(value: str) -> tuple[str | None, int | None, str | None]:
+    """``(host, port, uds)`` for ``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or
+    ``unix:PATH``; raises UsageProblem for anything else."""
+    if value.startswith("unix:"):
+        path = value[5:]
+        if not path:
+            _fail(f"bad --bind {value!r}: unix: needs a socket path")
+        return None, None, path
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+    else:
+        host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        _fail(f"bad --bind {value!r}: expected HOST:PORT, [IPv6]:PORT or unix:PATH")
+    return host or "127.0.0.1", int(port_text), None
+
+
+def load_app(spec: str) -> Callable[..., Any]:
+    """Import a WSGI app named ``module:attribute`` (dotted attributes allowed;
+    ``module`` alone means ``module:application``), with the current directory on
+    ``sys.path``. Raises UsageProblem with one line saying what went wrong."""
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "application"
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        _fail(f"bad APP {spec!r}: expected module:attribute, like myproject.wsgi:application")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            _fail(f"cannot import APP {spec!r}: no module named {exc.name!r}")
+        _fail(f"cannot import APP {spec!r}: {_one_line(exc)}")
+    except Exception as exc:
+        _fail(f"cannot import APP {spec!r}: {_one_line(exc)}")
+    obj: Any = module
+    for name in attribute.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            _fail(f"cannot import APP {spec!r}: module {module_name!r} has no attribute {name!r}")
+    if not callable(obj):
+        _fail(f"bad APP {spec!r}: {attribute} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _configure_logging() -> None:
+    # The worker's access log and the interface's warnings, on stderr like uvicorn's.
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message (file:line)`` for the innermost frame of *exc*."""
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        where = f" ({frames[-1].filename}:{frames[-1].lineno})"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" ({exc.filename}:{exc.lineno})"
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {message}{where}"
+
+
+def _shown(url: str) -> str:
+    # mask_url re-assembles the URL with urlunsplit, which turns sqlite://// (an
+    # absolute path) into sqlite:// (reported); only URLs with a secret need it.
+    return mask_url(url) if "@" in url or "password" in url else url
+
+
+def open_layer(url: str | None) -> BaseChannelLayer:
+    """The layer named by *url* (or the default), checked to be reachable."""
+    url = url or DEFAULT_LAYER_URL
+    try:
+        layer = layer_from_url(url)
+        layer.channel_statistics("http.request")  # a cheap call that needs the server
+    except LayerUnavailable as exc:
+        _fail(f"channel layer {_shown(url)} is unreachable: {exc}")
+    except ChannelsError as exc:
+        _fail(str(exc))
+    return layer
+
+
+def _serving_line(host: str | None, port: int | None, uds: str | None) -> str:
+    if uds is not None:
+        return f" * Running on unix:{uds} (Press CTRL+C to quit)"
+    shown = f"[{host}]" if host and ":" in host else host
+    return f" * Running on http://{shown}:{port} (Press CTRL+C to quit)"
+
+
+def _uvicorn_options() -> dict[str, Any]:
+    """uvicorn settings shared by ``run`` and ``interface``.
+
+    ``ws``: wsproto, measured (1,000 idle WebSockets through this interface server,
+    RSS growth per connection): wsproto 23 KB, websockets-sansio 60 KB, websockets
+    128 KB; only wsproto is under the 30 KB bar. Our subclass closes with 1001 at
+    shutdown. ``ws_max_size``: one frame must fit in one layer message.
+    The access log is the worker's (one line per request, SPEC.md §5), so uvicorn's is
+    off: it would double the lines and cost every request a logging call.
+    """
+    from .interface import MAX_FRAME_SIZE, GoingAwayWSProtocol
+
+    options: dict[str, Any] = {
+        "http": "httptools",
+        "ws": GoingAwayWSProtocol,
+        "ws_max_size": MAX_FRAME_SIZE,
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": "info",
+        "server_header": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        options["loop"] = "asyncio"
+    return options
+
+
+def _check_interface_options(
+    http_timeout: float, connect_timeout: float, origins: tuple[str, ...]
+) -> None:
+    from .interface import OriginRules
+
+    if http_timeout <= 0 or connect_timeout <= 0:
+        _fail("--http-timeout and --websocket-connect-timeout must be positive seconds")
+    try:
+        OriginRules(origins)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
+# -- the commands -----------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="wsgi-channels", prog_name="wsgi-channels")
+def cli() -> None:
+    """WebSockets and server push for WSGI apps, over a channel layer."""
+
+
+@cli.command()
+@click.argument("app", envvar=_env("APP"))
+@bind_option
+@layer_option
+@threads_option
+@click.option(
+    "--reload",
+    is_flag=True,
+    envvar=_env("RELOAD"),
+    help="Restart when a Python file changes (development). [env: WSGI_CHANNELS_RELOAD]",
+)
+def run(app: str, bind: str, layer_url: str | None, threads: int, reload: bool) -> None:
+    """Serve APP for development: interface server and worker in one process."""
+    host, port, uds = parse_bind(bind)
+    if reload:
+        # werkzeug's reloader (the one flask run uses); run_simple wraps it with its
+        # own server, so we call it directly.
+        from werkzeug._reloader import run_with_reloader
+        from werkzeug.serving import is_running_from_reloader
+
+        if not is_running_from_reloader():
+            click.echo(_serving_line(host, port, uds))
+            load_app(app)  # fail now, once, rather than in every restarted child
+        run_with_reloader(lambda: _run(app, host, port, uds, layer_url, threads, announce=False))
+        return
+    _run(app, host, port, uds, layer_url, threads, announce=True)
+
+
+def _run(
+    app_spec: str,
+    host: str | None,
+    port: int | None,
+    uds: str | None,
+    layer_url: str | None,
+    threads: int,
+    *,
+    announce: bool,
+) -> None:
+    import uvicorn
+
+    from .interface import InterfaceServer
+    from .layers import set_default_layer
+    from .worker import Worker
+
+    app = load_app(app_spec)
+    layer = open_layer(layer_url)
+    _configure_logging()
+    # The app's Group(...).send() must reach the same layer (memory:// is per object).
+    set_default_layer(layer)
+    worker = Worker(app, layer, threads=threads)
+    worker_thread = threading.Thread(target=worker.serve, name="wsgi-channels-worker")
+    worker_thread.start()
+    try:
+        config = uvicorn.Config(
+            InterfaceServer(layer),
+            host=host or "127.0.0.1",
+            port=port or 0,
+            uds=uds,
+            **_uvicorn_options(),
+        )
+        server = uvicorn.Server(config)
+        sock = _bind(config)
+        if announce:
+            click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds))
+        _serve(server, sock)
+    finally:
+        worker.stop()
+        worker_thread.join()
+        layer.close()
+
+
+def _serve(server: Any, sock: socket.socket) -> None:
+    """Run a uvicorn server until SIGTERM/SIGINT, then return normally (exit 0).
+
+    uvicorn handles the signals while it serves, then restores the handlers it found
+    and raises the signal again so that the default action still happens: that would
+    kill the process with SIGTERM after a clean shutdown. The handlers installed here
+    are the ones restored: they ignore that second delivery.
+    """
+    import signal
+
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _bind(config: Any) -> socket.socket:
+    try:
+        sock: socket.socket = config.bind_socket()
+    except SystemExit:
+        # uvicorn has logged the OSError (address in use, permission denied).
+        _fail(f"cannot listen on {config.uds or f'{config.host}:{config.port}'}")
+    return sock
+
+
+@cli.command()
+@bind_option
+@layer_option
+@click.option(
+    "--workers",
+    "-w",
+    envvar=_env("WORKERS"),
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Interface server processes sharing the socket. [env: WSGI_CHANNELS_WORKERS]",
+)
+@click.option(
+    "--allowed-origin",
+    "allowed_origins",
+    envvar=_env("ALLOWED_ORIGINS"),
+    multiple=True,
+    metavar="PATTERN",
+    help="Extra WebSocket origin: https://example.com, *.example.com or * (repeatable). "
+    "[env: WSGI_CHANNELS_ALLOWED_ORIGINS, space separated]",
+)
+@click.option(
+    "--root-path",
+    envvar=_env("ROOT_PATH"),
+    default="",
+    help="Path the site is mounted at (WSGI SCRIPT_NAME). [env: WSGI_CHANNELS_ROOT_PATH]",
+)
+@click.option(
+    "--max-body",
+    envvar=_env("MAX_BODY"),
+    type=SizeType(),
+    default="100M",
+    show_default=True,
+    help="Largest request body; larger gets 413. [env: WSGI_CHANNELS_MAX_BODY]",
+)
+@click.option(
+    "--http-timeout",
+    envvar=_env("HTTP_TIMEOUT"),
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a response to start (then 504). [env: WSGI_CHANNELS_HTTP_TIMEOUT]",
+)
+@click.option(
+    "--websocket-connect-timeout",
+    envvar=_env("WEBSOCKET_CONNECT_TIMEOUT"),
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds a WebSocket handshake waits for the app to accept (then 403). "
+    "[env: WSGI_CHANNELS_WEBSOCKET_CONNECT_TIMEOUT]",
+)
+def interface(
+    bind: str,
+    layer_url: str | None,
+    workers: int,
+    allowed_origins: tuple[str, ...],
+    root_path: str,
+    max_body: int,
+    http_timeout: float,
+    websocket_connect_timeout: float,
+) -> None:
+    """Serve HTTP and WebSocket clients, passing them on to workers over the layer."""
+    import uvicorn
+
+    host, port, uds = parse_bind(bind)
+    _check_interface_options(http_timeout, websocket_connect_timeout, allowed_origins)
+    url = layer_url or DEFAULT_LAYER_URL
+    open_layer(url).close()
+    _configure_logging()
+    # Each process builds its InterfaceServer with create_app() from these variables:
+    # uvicorn's worker processes are spawned, and inherit the environment.
+    os.environ.update(
+        {
+            LAYER_ENV: url,
+            _env("ALLOWED_ORIGINS"): " ".join(allowed_origins),
+            _env("ROOT_PATH"): root_path,
+            _env("MAX_BODY"): str(max_body),
+            _env("HTTP_TIMEOUT"): repr(http_timeout),
+            _env("WEBSOCKET_CONNECT_TIMEOUT"): repr(websocket_connect_timeout),
+        }
+    )
+    options = _uvicorn_options()
+    if workers > 1:
+        # uvicorn's supervisor binds the socket and logs where it listens.
+        click.echo(_serving_line(host, port, uds))
+        uvicorn.run(
+            "wsgi_channels.interface:create_app",
+            factory=True,
+            host=host or "127.0.0.1",
+            port=port or 8000,
+            uds=uds,
+            workers=workers,
+            **options,
+        )
+        return
+    from .interface import create_app
+
+    config = uvicorn.Config(
+        create_app(), host=host or "127.0.0.1", port=port or 0, uds=uds, **options
+    )
+    sock = _bind(config)
+    click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds))
+    _serve(uvicorn.Server(config), sock)
+
+
+@cli.command()
+@click.argument("app", envvar=_env("APP"))
+@layer_option
+@threads_option
+def worker(app: str, layer_url: str | None, threads: int) -> None:
+    """Run APP on the messages of the layer until SIGTERM/SIGINT."""
+    from .worker import Worker
+
+    wsgi_app = load_app(app)
+    layer = open_layer(layer_url)
+    _configure_logging()
+    try:
+        Worker(wsgi_app, layer, threads=threads).run()
+    finally:
+        layer.close()
+
+
+@cli.command()
+@layer_option
+@click.option("--group", "-g", metavar="GROUP", help="Send to every channel of this group.")
+@click.option("--channel", "-c", metavar="CHANNEL", help="Send to this channel.")
+@click.option("--text", "-t", metavar="TEXT", help='Send {"text": TEXT}.')
+@click.option("--json", "-j", "json_text", metavar="JSON", help="Send this JSON object.")
+def send(
+    layer_url: str | None,
+    group: str | None,
+    channel: str | None,
+    text: str | None,
+    json_text: str | None,
+) -> None:
+    """Send one message to a group or a channel."""
+    if (group is None) == (channel is None):
+        raise click.UsageError("give exactly one of --group and --channel")
+    if (text is None) == (json_text is None):
+        raise click.UsageError("give exactly one of --text and --json")
+    message: dict[str, Any]
+    if json_text is not None:
+        try:
+            message = json.loads(json_text)
+        except ValueError as exc:
+            raise click.UsageError(f"--json is not valid JSON: {exc}") from None
+        if not isinstance(message, dict):
+            raise click.UsageError('--json must be a JSON object, like \'{"text": "hi"}\'')
+    else:
+        message = {"text": text}
+    layer = open_layer(layer_url)
+    try:
+        if group is not None:
+            layer.send_group(group, message)
+            members = len(layer.group_channels(group))
+            click.echo(f"sent to group {group!r} ({members} member{'s' * (members != 1)})")
+        else:
+            assert channel is not None
+            layer.send(channel, message)
+            click.echo(f"sent to channel {channel!r}")
+    except ChannelsError as exc:
+        _fail(str(exc))
+    finally:
+        layer.close()
+
+
+@cli.command()
+@layer_option
+def stats(layer_url: str | None) -> None:
+    """Show the layer's queues (pending / capacity) and groups (members)."""
+    url = layer_url or DEFAULT_LAYER_URL
+    layer = open_layer(url)
+    try:
+        overview = layer.overview()
+        rows = [
+            (name, str(pending), str(layer.channel_statistics(name)["capacity"]))
+            for name, pending in sorted(overview["channels"].items())
+        ]
+        groups = [(name, str(size)) for name, size in sorted(overview["groups"].items())]
+    except ChannelsError as exc:
+        _fail(str(exc))
+    finally:
+        layer.close()
+    click.echo(f"layer: {_shown(url)}")
+    click.echo("")
+    click.echo(_table(("channel", "pending", "capacity"), rows, "(no messages waiting)"))
+    click.echo("")
+    click.echo(_table(("group", "members"), groups, "(no groups)"))
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        return "  ".join(cells).rstrip()
+
+    lines = [line(header), "  ".join("-" * w for w in widths)]
+    lines += [line(row) for row in rows] or [empty]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The console entry point: run :func:`cli`, turning every usage problem into one
+    line on stderr and exit status 2."""
+    try:
+        result = cli.main(args=argv, prog_name="wsgi-channels", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
+        click.echo(f"wsgi-channels: error: {message}", err=True)
+        sys.exit(2)
+    except (UsageProblem, ConfigurationError) as exc:
+        click.echo(f"wsgi-channels: error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
