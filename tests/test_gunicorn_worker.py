@@ -1,0 +1,121 @@
+"""wsgi_channels.gunicorn.ChannelWorker under a real gunicorn master, on Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _worker_helpers import env_with_pythonpath, http_message, read_reply, request
+
+from wsgi_channels.layers import layer_from_url
+
+gunicorn_config = pytest.importorskip("gunicorn.config")
+# Recent gunicorns open a control socket under ~/.gunicorn unless told not to.
+NO_CONTROL_SOCKET = (
+    ["--no-control-socket"] if hasattr(gunicorn_config, "ControlSocketDisable") else []
+)
+
+
+class Gunicorn:
+    def __init__(self, url: str, tmp: Path, *args: str) -> None:
+        self.log = tmp / "gunicorn.log"
+        self.layer = layer_from_url(url)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "gunicorn",
+                    "-k", "wsgi_channels.gunicorn.ChannelWorker",
+                    # gunicorn insists on a socket; the worker never accepts on it.
+                    "--bind", f"unix:{tmp / 'unused.sock'}",
+                    "--workers", "1", "--threads", "2",
+                    "--timeout", "10", "--graceful-timeout", "10",
+                    *NO_CONTROL_SOCKET,
+                    *args,
+                    "_worker_helpers:app",
+                ],
+                env=env_with_pythonpath(WSGI_CHANNELS_LAYER=url + "?receive_timeout=0.5"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def pid(self, timeout: float = 15.0) -> int:
+        reply = request(self.layer, "GET", "/pid", reply_timeout=timeout, timeout=timeout)
+        assert reply.status == 200
+        return int(reply.body)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.layer.close()
+
+
+@pytest.fixture
+def gunicorn(redis_url: str, tmp_path: Path) -> Iterator[Any]:
+    started: list[Gunicorn] = []
+
+    def start(*args: str) -> Gunicorn:
+        server = Gunicorn(redis_url, tmp_path, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def wait_for_new_pid(server: Gunicorn, old: int, timeout: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = server.pid(timeout=3)
+        except TimeoutError:
+            # At-most-once delivery: a message handed to a worker as it was SIGKILLed
+            # is lost with it. Ask again.
+            continue
+        if pid != old:
+            return pid
+        time.sleep(0.05)
+    raise TimeoutError(f"worker {old} was not replaced")
+
+
+def test_serves_respawns_after_kill_and_reloads_on_hup(gunicorn: Any) -> None:
+    server = gunicorn()
+    first = server.pid()
+    assert first != server.proc.pid  # a child serves, not the master
+    assert request(server.layer, "GET", "/hello").body == b"hello"
+
+    # HUP: the old worker finishes what it is running while a new one takes over.
+    slow = http_message(server.layer, "GET", "/slow", query_string=b"t=1.5", timeout=20)
+    server.layer.send("http.request", slow)
+    time.sleep(0.4)  # let the old worker take it
+    server.proc.send_signal(signal.SIGHUP)
+    second = wait_for_new_pid(server, first)
+    reply = read_reply(server.layer, slow["reply_channel"], timeout=20)
+    assert (reply.status, reply.body) == (200, b"slept")
+
+    # A worker killed outright is replaced by the master.
+    os.kill(second, signal.SIGKILL)
+    third = wait_for_new_pid(server, second)
+    assert third not in (first, second)
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0
+
+
+def test_max_requests_recycles_the_worker(gunicorn: Any) -> None:
+    server = gunicorn("--max-requests", "3", "--max-requests-jitter", "0")
+    pids = [server.pid() for _ in range(3)]
+    assert len(set(pids)) == 1
+    assert server.pid() != pids[0]  # the fourth waits in the layer for the new worker

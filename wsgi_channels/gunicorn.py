@@ -1,0 +1,71 @@
+"""A gunicorn worker class that runs :class:`~wsgi_channels.worker.Worker`::
+
+    WSGI_CHANNELS_LAYER=redis://localhost:6379/0 \\
+        gunicorn -k wsgi_channels.gunicorn.ChannelWorker --bind unix:/tmp/unused.sock myapp:app
+
+gunicorn brings its process model: a master that forks ``--workers`` children,
+restarts one that dies or stops sending heartbeats (``--timeout``), recycles them after
+``--max-requests``, replaces them on ``HUP`` and stops them gracefully on ``TERM``.
+Each child takes messages from the channel layer (``WSGI_CHANNELS_LAYER``, else the
+default SQLite file) instead of accepting connections.
+
+gunicorn always opens a listening socket; this worker never accepts on it. Bind it
+somewhere harmless (a Unix socket in a temporary directory) since ``--bind`` cannot be
+left out.
+
+Settings used, mapped in :meth:`ChannelWorker.worker_options` only: ``--threads``
+(pool size; gunicorn's default of 1 is kept), ``--graceful-timeout``,
+``--max-requests`` (with ``--max-requests-jitter``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.workers.base import Worker as GunicornWorker
+
+from .layers import get_default_layer
+from .worker import Worker
+
+__all__ = ["ChannelWorker"]
+
+
+class ChannelWorker(GunicornWorker):  # type: ignore[misc]
+    """gunicorn worker: the :class:`Worker` receive loop in a gunicorn child.
+
+    ``init_process()`` (run in the child after the fork) makes the layer, then
+    gunicorn's own ``init_process`` loads the app, installs the signal handlers and
+    calls :meth:`run`. ``run()`` serves until ``self.alive`` turns false (gunicorn
+    sets it on ``TERM``, which the master also sends on ``HUP`` to the old workers),
+    the master goes away, or ``max_requests`` messages were taken; it then finishes
+    the messages in flight (up to ``--graceful-timeout``) and returns, and gunicorn
+    exits the child. The heartbeat (``notify()``) runs from the receive loop every
+    half second, also while every thread is busy and while stopping.
+    """
+
+    layer: Any = None
+
+    def worker_options(self) -> dict[str, Any]:
+        """The :class:`Worker` keyword arguments from gunicorn's settings."""
+        max_requests = int(self.max_requests)
+        return {
+            "threads": max(1, int(self.cfg.threads)),
+            "graceful_timeout": float(self.cfg.graceful_timeout),
+            # gunicorn uses sys.maxsize for "no limit".
+            "max_requests": max_requests if self.cfg.max_requests > 0 else 0,
+        }
+
+    def init_process(self) -> None:
+        # In the child: a layer of our own (get_default_layer makes a fresh one after
+        # fork), then gunicorn's setup, which ends by calling self.run().
+        self.layer = get_default_layer()
+        super().init_process()
+
+    def _should_stop(self) -> bool:
+        return not self.alive or self.ppid != os.getppid()
+
+    def run(self) -> None:
+        worker = Worker(self.wsgi, self.layer, **self.worker_options())
+        self.log.info("wsgi-channels worker (pid %s) taking messages", self.pid)
+        worker.serve(should_stop=self._should_stop, on_tick=self.notify)

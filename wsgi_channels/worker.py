@@ -1,0 +1,709 @@
+"""The worker: run an unmodified WSGI app on ``http.request`` and ``websocket.*`` messages.
+
+::
+
+    Worker(app, layer, threads=8).run()   # until SIGTERM/SIGINT or worker.stop()
+
+Lifecycle, in the words of gunicorn's workers: ``__init__`` only stores settings,
+:meth:`Worker.serve` is the loop (shared by :meth:`Worker.run` and the gunicorn worker
+class in :mod:`wsgi_channels.gunicorn`), and graceful stop means: take no new message,
+let the ones in flight finish for up to ``graceful_timeout`` seconds, return.
+
+Threads:
+
+* the *receive loop* (the thread that calls ``serve``) takes a message only after it
+  has reserved a free pool thread (a semaphore taken *before* ``receive``), so messages
+  not yet handled stay in the layer, where other workers can take them;
+* ``threads`` pool threads run the app, one message each;
+* one *control thread* blocks on the worker's process channel prefix
+  (``wsgi_channels.worker.<128 random bits>!``) for ``http.disconnect`` notices from our
+  interface server (docs/protocol.md).
+
+The layer is any object with the ASGI 1.0 layer methods: only ``send``, ``receive``
+(or the older ``receive_many``), ``new_channel`` and the ``groups`` extension are used,
+so third-party layers such as ``asgi_redis`` work.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import math
+import queue
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import FrameType
+from typing import Any, Literal, Protocol
+
+from .adapter import (
+    CONTROL_KEY,
+    DEADLINE_KEY,
+    DEFAULT_CHANNELS,
+    DISCONNECT_TYPE,
+    DONE_KEY,
+    EXT_KEY,
+    MAX_FRAME_SIZE,
+    WEBSOCKET_EVENTS,
+    WORKER_PREFIX,
+    InvalidResponse,
+    MalformedMessage,
+    ResponseTranslator,
+    build_environ,
+    error_reply,
+    websocket_environ,
+    websocket_frame,
+    websocket_replies,
+)
+from .layers.base import ChannelFull, ChannelsError, ConfigurationError, MessageTooLarge
+
+__all__ = ["BodyIncomplete", "BodyStream", "Worker"]
+
+log = logging.getLogger("wsgi_channels.worker")
+access_log = logging.getLogger("wsgi_channels.access")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# receive(channels, block) -> (channel, message) or (None, None)
+Receive = Callable[..., tuple[Any, Any]]
+
+#: How long a reply may wait on a full reply channel once the response has started
+#: (before that, the message's deadline rules: the interface stops waiting then).
+STALL_TIMEOUT = 30.0
+#: Deadline given to messages without ``wsgi_channels.deadline`` (ASGI 1.0 front
+#: ends): the default message expiry of a layer, after which nobody waits any more.
+DEFAULT_REPLY_TIMEOUT = 60.0
+#: The receive loop runs its tick (gunicorn's heartbeat) at least this often.
+TICK_INTERVAL = 0.5
+
+_BAD_REQUEST = error_reply(400, b"Bad Request\n")
+_SERVER_ERROR = error_reply(500, b"Internal Server Error\n")
+
+
+class ChannelLayer(Protocol):
+    """The part of the ASGI 1.0 layer API the worker uses."""
+
+    def send(self, channel: str, message: dict[str, Any]) -> None: ...
+    def new_channel(self, pattern: str) -> str: ...
+
+
+class BodyIncomplete(ChannelsError, OSError):
+    """``wsgi.input`` could not deliver the whole body: the client went away during the
+    upload, or the rest did not arrive before the request's deadline. Raised by
+    ``read()``; an app that lets it escape gets a 400 (if nothing was sent yet)."""
+
+
+class BodyStream:
+    """``wsgi.input`` for a body that continues on a ``body_channel``.
+
+    Serves ``body`` first, then the ``content`` of each ``{content, closed,
+    more_content}`` chunk, taken from the layer only when a read needs it (so a large
+    upload is never held in memory all at once, and the interface's sends pace
+    themselves on ChannelFull). End of stream is the chunk with ``more_content`` false;
+    after it every read returns ``b""``.
+
+    A read that needs a chunk blocks on ``receive([body_channel], block=True)`` until
+    the *deadline* (Unix time); past it, or on a chunk with ``closed`` true (the
+    client disconnected), it raises BodyIncomplete. Bodies without a ``body_channel``
+    use ``io.BytesIO`` instead of this class.
+    """
+
+    def __init__(self, body: bytes, receive: Receive, channel: str, deadline: float) -> None:
+        self._buffer = bytearray(body)
+        self._receive = receive
+        self._channel = channel
+        self._deadline = deadline
+        self._eof = False
+
+    def _more(self) -> bool:
+        """Append the next chunk to the buffer; False at end of stream."""
+        while not self._eof:
+            if time.time() >= self._deadline:
+                raise BodyIncomplete("the request body did not arrive before the deadline")
+            channel, message = self._receive([self._channel], True)
+            if channel is None:
+                continue
+            if message.get("closed"):
+                self._eof = True
+                raise BodyIncomplete("the client disconnected during the upload")
+            content = message.get("content", b"")
+            if not isinstance(content, bytes):
+                self._eof = True
+                raise BodyIncomplete("a body chunk's content is not bytes")
+            self._eof = not message.get("more_content", False)
+            if content:
+                self._buffer += content
+                return True
+        return False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is None or size < 0:
+            while self._more():
+                pass
+            size = len(self._buffer)
+        while len(self._buffer) < size and self._more():
+            pass
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        limit = -1 if size is None else size
+        start = 0
+        while True:
+            end = self._buffer.find(b"\n", start)
+            if end >= 0:
+                end += 1
+                break
+            if 0 <= limit <= len(self._buffer):
+                break
+            start = len(self._buffer)
+            if not self._more():
+                end = len(self._buffer)
+                break
+        if 0 <= limit < end:
+            end = limit
+        return self.read(end)
+
+    def readlines(self, hint: int | None = -1, /) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class _Abandon(Exception):
+    """The reply cannot be delivered: deadline passed, or the client went away."""
+
+
+class _Request:
+    """Per-request state the control thread may change from outside."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
+# Statuses for exceptions escaping the app (a table, not an isinstance chain);
+# anything else is a 500. The body is always generic.
+_ERROR_STATUS: dict[type[BaseException], int] = {BodyIncomplete: 400}
+
+
+def _error_status(exc: BaseException) -> int:
+    for cls in type(exc).__mro__:
+        status = _ERROR_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+def _close(iterable: object) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("error in the close() of the app's response")
+
+
+class Worker:
+    """Runs the WSGI *app* on messages received from *layer*.
+
+    ``threads`` bounds how many messages run at once; ``graceful_timeout`` is how
+    long a stop waits for those in flight; ``channels`` limits the message types
+    taken (default: ``http.request`` and the three ``websocket.*``);
+    ``max_requests`` (0: no limit) makes :meth:`serve` return after that many
+    messages, for process recycling (gunicorn's ``--max-requests``).
+
+    Nothing a message contains stops the worker: a malformed message is logged and
+    answered 400 (WebSocket: closed) on its ``reply_channel`` when that is usable; an
+    exception in the app gives a generic 500 and a logged traceback. The app's
+    iterable is always closed.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        layer: Any,
+        *,
+        threads: int = 8,
+        graceful_timeout: float = 30.0,
+        channels: Iterable[str] | None = None,
+        max_requests: int = 0,
+    ) -> None:
+        if threads < 1:
+            raise ConfigurationError("threads must be at least 1")
+        if graceful_timeout < 0:
+            raise ConfigurationError("graceful_timeout must not be negative")
+        names = list(DEFAULT_CHANNELS if channels is None else channels)
+        unknown = [name for name in names if name not in DEFAULT_CHANNELS]
+        if not names or unknown:
+            raise ConfigurationError(
+                f"unknown channels {unknown!r}; accepted: " + ", ".join(DEFAULT_CHANNELS)
+            )
+        self.app = app
+        self.layer = layer
+        self.threads = int(threads)
+        self.graceful_timeout = float(graceful_timeout)
+        self.channels = names
+        self.max_requests = int(max_requests)
+        #: Messages taken from the layer so far.
+        self.requests_taken = 0
+        receive = getattr(layer, "receive", None)
+        # ASGI 1.0 layers before 1.0 final called it receive_many.
+        self._receive: Receive = receive if receive is not None else layer.receive_many
+        # ASGI 1.0 layers expose their exception classes as attributes.
+        self._full: tuple[type[BaseException], ...] = (
+            getattr(layer, "ChannelFull", ChannelFull),
+            ChannelFull,
+        )
+        self._too_large: tuple[type[BaseException], ...] = (
+            getattr(layer, "MessageTooLarge", MessageTooLarge),
+            MessageTooLarge,
+        )
+        self._stopping = threading.Event()
+        self._force = False
+        self._slots = threading.BoundedSemaphore(self.threads)
+        self._jobs: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._active: dict[str, _Request] = {}
+        self._prefix = ""
+        self._control_channel: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` / :meth:`serve` to stop taking messages and return once
+        those in flight are done (or ``graceful_timeout`` passed). Any thread may
+        call it; it returns at once."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (handled only when called from the main thread)
+        or :meth:`stop`. A second signal stops waiting for requests in flight."""
+        if threading.current_thread() is not threading.main_thread():
+            self.serve()
+            return
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._stopping.is_set():
+                self._force = True
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self._stopping.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.serve()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def serve(
+        self,
+        should_stop: Callable[[], bool] | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        """The receive loop; returns after a graceful stop.
+
+        It stops taking messages when :meth:`stop` was called, *should_stop()*
+        returns true, or ``max_requests`` were taken; then waits for those in flight
+        up to ``graceful_timeout``. *on_tick()* is called at least every
+        ``TICK_INTERVAL`` seconds throughout, while requests run and while stopping
+        (gunicorn's heartbeat), as long as the layer's blocking receive returns
+        within its bounded wait. A Worker serves once: after a stop, make a new one.
+        """
+        self._force = False
+        self._prefix = f"{WORKER_PREFIX}{secrets.token_hex(16)}!"
+        self._control_channel = self.layer.new_channel(self._prefix)
+        control = threading.Thread(
+            target=self._control_loop, name="wsgi-channels-control", daemon=True
+        )
+        control.start()
+        pool = [
+            threading.Thread(target=self._pool_loop, name=f"wsgi-channels-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        for thread in pool:
+            thread.start()
+        log.info("worker serving %s with %d threads", ", ".join(self.channels), self.threads)
+        try:
+            self._receive_loop(should_stop, on_tick)
+        finally:
+            self._drain(on_tick)
+            for _ in pool:
+                self._jobs.put(None)
+            self._control_channel = None
+            control.join(timeout=0.1)  # it notices on its next receive timeout
+            log.info("worker stopped after %d messages", self.requests_taken)
+
+    def _receive_loop(
+        self,
+        should_stop: Callable[[], bool] | None,
+        on_tick: Callable[[], None] | None,
+    ) -> None:
+        # Rotate the order of the channels so a busy http.request cannot starve the
+        # websocket.* channels in layers that read the first non-empty one.
+        rotations = itertools.cycle(
+            [self.channels[i:] + self.channels[:i] for i in range(len(self.channels))]
+        )
+        stopping = self._stopping
+        slots = self._slots
+        receive = self._receive
+        jobs = self._jobs
+        max_requests = self.max_requests
+        next_tick = 0.0
+        while not stopping.is_set():
+            if on_tick is not None or should_stop is not None:
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_INTERVAL
+                    if on_tick is not None:
+                        on_tick()
+                    if should_stop is not None and should_stop():
+                        return
+            if not slots.acquire(timeout=TICK_INTERVAL):
+                continue
+            try:
+                channel, message = receive(next(rotations), True)
+            except Exception as exc:
+                slots.release()
+                log.warning("receiving from the layer failed: %s; retrying", exc)
+                stopping.wait(1.0)
+                continue
+            if channel is None:
+                slots.release()
+                continue
+            self.requests_taken += 1
+            jobs.put((channel, message))
+            if max_requests and self.requests_taken >= max_requests:
+                log.info("max_requests (%d) reached, stopping", max_requests)
+                return
+
+    def _drain(self, on_tick: Callable[[], None] | None) -> None:
+        """Wait until every pool thread is free, up to graceful_timeout."""
+        deadline = time.monotonic() + self.graceful_timeout
+        held = 0
+        while held < self.threads:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._force:
+                log.warning("graceful timeout: %d messages still running", self.threads - held)
+                break
+            if self._slots.acquire(timeout=min(remaining, TICK_INTERVAL)):
+                held += 1
+            elif on_tick is not None:
+                on_tick()
+        for _ in range(held):
+            self._slots.release()
+
+    def _pool_loop(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            try:
+                channel, message = job
+                if channel == "http.request":
+                    self.handle_http(message)
+                else:
+                    self.handle_websocket(WEBSOCKET_EVENTS[channel], message)
+            except Exception:
+                # Only a bug of ours gets here; the thread must survive it.
+                log.exception("unexpected error handling a message")
+            finally:
+                self._slots.release()
+
+    def _control_loop(self) -> None:
+        """Mark requests cancelled on ``{"type": "http.disconnect", "reply_channel":
+        rc}`` sent to our control channel by the interface when a client goes away
+        during a streaming response (docs/protocol.md). The streaming thread sees the
+        flag at its next chunk, stops iterating and calls ``close()``."""
+        prefix = self._prefix
+        while self._control_channel is not None:
+            try:
+                channel, message = self._receive([prefix], True)
+            except Exception as exc:
+                log.warning("receiving on the control channel failed: %s", exc)
+                time.sleep(1.0)
+                continue
+            if channel is None or not isinstance(message, dict):
+                continue
+            reply_channel = message.get("reply_channel")
+            if message.get("type") == DISCONNECT_TYPE and isinstance(reply_channel, str):
+                request = self._active.get(reply_channel)
+                if request is not None:
+                    request.cancelled = True
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _send(
+        self, channel: str, message: dict[str, Any], deadline: float, request: _Request | None
+    ) -> None:
+        """Send, retrying with a short backoff while the channel is full, until
+        *deadline*.
+
+        Raises _Abandon past the deadline, when the request is cancelled, or when the
+        layer refuses the send for another reason (bad reply channel, layer down);
+        InvalidResponse when the reply is too large for the layer (huge headers), so
+        that the caller can still answer 500.
+        """
+        delay = 0.002
+        while True:
+            try:
+                self.layer.send(channel, message)
+                return
+            except self._full:
+                pass
+            except self._too_large as exc:
+                raise InvalidResponse(f"the reply is too large for the layer: {exc}") from None
+            except Exception as exc:
+                raise _Abandon(f"the layer refused the reply: {exc!r}") from None
+            if request is not None and request.cancelled:
+                raise _Abandon("the client went away")
+            now = time.time()
+            if now >= deadline:
+                raise _Abandon("the reply channel stayed full until the deadline")
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 0.1)
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def handle_http(self, message: dict[str, Any]) -> None:
+        """Run the app on one ``http.request`` message and send its reply."""
+        started = time.perf_counter()
+        now = time.time()
+        try:
+            deadline = _deadline(message, now)
+        except MalformedMessage as exc:
+            self._reject("http.request", message, exc)
+            return
+        if deadline < now:
+            log.info("dropped an http.request whose deadline passed in the queue")
+            return
+        body = message.get("body", b"")
+        body_channel = message.get("body_channel")
+        stream: Any
+        if body_channel is not None and isinstance(body_channel, str):
+            stream = BodyStream(
+                body if isinstance(body, bytes) else b"", self._receive, body_channel, deadline
+            )
+        else:
+            stream = io.BytesIO(body if isinstance(body, bytes) else b"")
+        try:
+            environ = build_environ(message, stream, layer=self.layer)
+        except MalformedMessage as exc:
+            self._reject("http.request", message, exc)
+            return
+        reply_channel: str = message["reply_channel"]
+        ext = bool(message.get(EXT_KEY))
+        request: _Request | None = None
+        extra: dict[str, Any] | None = None
+        if ext and self._control_channel is not None:
+            request = self._active[reply_channel] = _Request()
+            extra = {CONTROL_KEY: self._control_channel}
+        send = self._send
+        started_sending = False
+
+        def emit(reply: dict[str, Any]) -> None:
+            nonlocal started_sending
+            if started_sending:
+                send(reply_channel, reply, time.time() + STALL_TIMEOUT, request)
+            else:
+                started_sending = True
+                send(reply_channel, reply, deadline, request)
+
+        translator = ResponseTranslator(emit, method=environ["REQUEST_METHOD"], extra_first=extra)
+        status: int | None = None
+        iterable: Iterable[bytes] | None = None
+        try:
+            iterable = self.app(environ, translator.start_response)
+            if type(iterable) is list or type(iterable) is tuple:
+                translator.feed_all(iterable)
+            else:
+                feed = translator.feed
+                for chunk in iterable:
+                    feed(chunk)
+                    if translator.done:
+                        break  # HEAD, or Content-Length reached
+                    if request is not None and request.cancelled:
+                        raise _Abandon("the client went away")
+            translator.finish()
+            status = translator.status
+        except _Abandon as exc:
+            log.info("abandoned the response to %s: %s", environ["PATH_INFO"], exc)
+            status = translator.status
+        except Exception as exc:
+            status = _error_status(exc)
+            if isinstance(exc, InvalidResponse):
+                log.error("the app broke PEP 3333 on %s: %s", environ["PATH_INFO"], exc)
+            else:
+                log.exception("error in the app on %s", environ["PATH_INFO"])
+            self._fail_http(reply_channel, translator, status, deadline, request)
+        finally:
+            if iterable is not None:
+                _close(iterable)
+            if request is not None:
+                self._active.pop(reply_channel, None)
+        if access_log.isEnabledFor(logging.INFO):
+            self._log_access(environ, status, translator.bytes_sent, started)
+
+    def _fail_http(
+        self,
+        reply_channel: str,
+        translator: ResponseTranslator,
+        status: int,
+        deadline: float,
+        request: _Request | None,
+    ) -> None:
+        try:
+            if not translator.headers_sent:
+                reply = _BAD_REQUEST if status == 400 else _SERVER_ERROR
+                translator.headers_sent = translator.done = True
+                self._send(reply_channel, dict(reply), deadline, request)
+            elif not translator.done:
+                # The status is out; ending the body is all we can do. A declared
+                # Content-Length then tells the client the body is short.
+                translator.done = True
+                self._send(
+                    reply_channel,
+                    {"content": b"", "more_content": False},
+                    time.time() + STALL_TIMEOUT,
+                    request,
+                )
+        except Exception as exc:
+            log.info("could not send the error reply: %s", exc)
+
+    def _log_access(
+        self, environ: Mapping[str, Any], status: int | None, size: int, started: float
+    ) -> None:
+        query = environ["QUERY_STRING"]
+        access_log.info(
+            '%s - "%s %s%s%s %s" %s %d %.6f',
+            environ.get("REMOTE_ADDR", "-"),
+            environ["REQUEST_METHOD"],
+            environ["SCRIPT_NAME"] + environ["PATH_INFO"],
+            "?" if query else "",
+            query,
+            environ["SERVER_PROTOCOL"],
+            status if status is not None else "-",
+            size,
+            time.perf_counter() - started,
+        )
+
+    # -- WebSocket --------------------------------------------------------------------
+
+    def handle_websocket(
+        self, event: Literal["connect", "receive", "disconnect"], message: dict[str, Any]
+    ) -> None:
+        """Run the app on one ``websocket.*`` event and send its replies (SPEC.md §6),
+        the last one carrying ``wsgi_channels.done`` when the message asks for it."""
+        started = time.perf_counter()
+        channel = "websocket." + event
+        now = time.time()
+        try:
+            deadline = _deadline(message, now)
+            if deadline < now:
+                log.info("dropped a %s whose deadline passed in the queue", channel)
+                return
+            body = b""
+            if event == "receive":
+                body = websocket_frame(message)[0]
+            environ = websocket_environ(message, event, io.BytesIO(body), layer=self.layer)
+        except MalformedMessage as exc:
+            self._reject(channel, message, exc)
+            return
+        reply_channel: str = message["reply_channel"]
+        collected: list[dict[str, Any]] = []
+        size = 0
+
+        def collect(reply: dict[str, Any]) -> None:
+            nonlocal size
+            size += len(reply["content"])
+            if size > MAX_FRAME_SIZE:
+                raise InvalidResponse(f"a WebSocket response is over {MAX_FRAME_SIZE} bytes")
+            collected.append(reply)
+
+        translator = ResponseTranslator(collect, max_chunk=MAX_FRAME_SIZE + 1)
+        iterable: Iterable[bytes] | None = None
+        status = 500
+        try:
+            iterable = self.app(environ, translator.start_response)
+            if type(iterable) is list or type(iterable) is tuple:
+                translator.feed_all(iterable)
+            else:
+                for chunk in iterable:
+                    translator.feed(chunk)
+            translator.finish()
+            status = translator.status or 500
+            first = collected[0]
+            body = (
+                first["content"]
+                if len(collected) == 1
+                else b"".join(reply["content"] for reply in collected)
+            )
+            replies = websocket_replies(event, status, first["headers"], body)
+        except Exception:
+            log.exception("error in the app on %s %s", channel, environ["PATH_INFO"])
+            status = 500
+            replies = websocket_replies(event, 500, [], b"")
+        finally:
+            if iterable is not None:
+                _close(iterable)
+        if message.get(EXT_KEY):
+            order = message.get("order", 0)
+            if replies:
+                replies[-1][DONE_KEY] = order
+            else:
+                replies.append({DONE_KEY: order})
+        try:
+            for reply in replies:
+                self._send(reply_channel, reply, deadline, None)
+        except _Abandon as exc:
+            log.info("abandoned the replies to %s: %s", channel, exc)
+        if access_log.isEnabledFor(logging.INFO):
+            environ["REQUEST_METHOD"] = "WEBSOCKET." + event.upper()
+            self._log_access(environ, status, size, started)
+
+    # -- malformed messages -----------------------------------------------------------
+
+    def _reject(self, channel: str, message: Mapping[str, Any], exc: MalformedMessage) -> None:
+        log.warning("malformed %s message: %s", channel, exc)
+        reply_channel = message.get("reply_channel")
+        if not isinstance(reply_channel, str):
+            return
+        reply: dict[str, Any]
+        if channel == "http.request":
+            reply = dict(_BAD_REQUEST)
+        else:
+            reply = {"close": True}
+            order = message.get("order")
+            if message.get(EXT_KEY) and isinstance(order, int):
+                reply[DONE_KEY] = order
+        try:
+            self.layer.send(reply_channel, reply)
+        except Exception as send_exc:
+            log.info("could not answer the malformed message: %s", send_exc)
+
+
+def _deadline(message: Mapping[str, Any], now: float) -> float:
+    value = message.get(DEADLINE_KEY)
+    if value is None:
+        return now + DEFAULT_REPLY_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MalformedMessage(f"{DEADLINE_KEY!r} must be a number")
+    return float(value)
