@@ -83,6 +83,8 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
+# Threads that send to the layer when several requests are in flight (see _layer_send).
+SEND_THREADS = 4
 # A WebSocket frame travels inside one layer message together with the handshake's
 # headers; keep room for them under the layer's 1 MiB message limit.
 MAX_FRAME_SIZE = MAX_MESSAGE_SIZE - 64 * 1024
@@ -126,6 +128,7 @@ class _Inbox:
         "_items",
         "_signal",
         "_waiter",
+        "cut",
         "drained",
         "handed_bytes",
         "handed_items",
@@ -146,6 +149,10 @@ class _Inbox:
         self.handed_items = self.handed_bytes = 0
         self.taken_items = self.taken_bytes = 0
         self.stalled = False
+        # Set (on the loop) at the first overflow: the connection is being cut, so what
+        # is queued will never be written and the receive thread drops what comes next
+        # without waiting for room (one slow client must not stall the others).
+        self.cut = False
         self.drained = drained
 
     def over_bound(self, size: int) -> bool:
@@ -160,12 +167,17 @@ class _Inbox:
         self.handed_bytes += size
 
     def put(self, message: Message, size: int) -> None:
-        if self._items and (
+        if self.cut:
+            self._account(size)
+        elif self._items and (
             len(self._items) >= self.max_items
             or self.handed_bytes - self.taken_bytes > self.max_bytes
         ):
             self._signal = _Event.OVERFLOW
+            self.cut = True
             self._account(size)
+            while self._items:
+                self._account(self._items.popleft()[1])
         else:
             self._items.append((message, size))
         self._wake()
@@ -350,8 +362,8 @@ class InterfaceServer:
       socket is closed with 1013 (the client cannot keep up).
     * ``websocket_buffer``: frames from one client waiting for the app to finish the
       previous event; over it the socket is closed with 1013.
-    * ``send_in_thread``: send to the layer from a thread (True) or directly from the
-      event loop (False, the default); see :meth:`_layer_send`.
+    * ``send_in_thread``: always send to the layer from a thread (True), or only when
+      other requests are in flight (False, the default); see :meth:`_layer_send`.
     * ``retry_after``: seconds put in ``Retry-After`` of a 503 for a full channel.
     """
 
@@ -393,6 +405,8 @@ class InterfaceServer:
         self._stopping = threading.Event()
         self._drained = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
+        # HTTP requests and WebSocket events this process is handling right now.
+        self._active = 0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -404,8 +418,7 @@ class InterfaceServer:
         self._loop = asyncio.get_running_loop()
         self.prefix = INTERFACE_PREFIX + secrets.token_hex(16) + "!"
         self._stopping.clear()
-        if self.send_in_thread:
-            self._executor = ThreadPoolExecutor(8, thread_name_prefix="wsgi-channels-send")
+        self._executor = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="wsgi-channels-send")
         self._thread = threading.Thread(
             target=self._receive_loop, name="wsgi-channels-receive", daemon=True
         )
@@ -451,8 +464,8 @@ class InterfaceServer:
             if channel is None or message is None:
                 continue
             inbox = inboxes.get(channel)
-            if inbox is None:
-                continue  # the connection is gone: drop the reply
+            if inbox is None or inbox.cut:
+                continue  # the connection is gone or being cut: drop the reply
             size = _payload_size(message)
             if inbox.over_bound(size):
                 self._wait_for_room(inbox, size)
@@ -465,7 +478,7 @@ class InterfaceServer:
     def _wait_for_room(self, inbox: _Inbox, size: int) -> None:
         # Head-of-line wait: nothing else is delivered meanwhile, hence the short bound.
         give_up = time.monotonic() + STALL_TIMEOUT
-        while inbox.over_bound(size) and not self._stopping.is_set():
+        while inbox.over_bound(size) and not inbox.cut and not self._stopping.is_set():
             left = give_up - time.monotonic()
             if left <= 0:
                 return
@@ -485,21 +498,23 @@ class InterfaceServer:
     async def _layer_send(self, channel: str, message: Message) -> None:
         """Send *message*; raises the layer's errors.
 
-        Direct by default. Measured here (uvloop, loopback, 2 CPUs, an ``http.request``
-        of a plain GET): a direct ``layer.send`` holds the loop p50 76 us on Redis and
-        31 us on SQLite; the hop through a thread pool costs p50 152 us and 85-137 us,
-        i.e. 55-100 us more latency per request (two thread handoffs and a future),
-        with no gain in throughput since the send holds the GIL for most of it. The
-        latency bar (p50 within 0.4 ms of gunicorn) cannot afford the hop, and a send
-        is one bounded round trip, so the loop pays it. ``send_in_thread=True`` is for
-        layers whose send can block for long (a third-party layer, a SQLite file under
-        heavy write contention).
+        A send is one round trip to the layer's server, during which a direct call
+        holds the event loop. Measured here (uvloop, Redis on loopback, 2 CPUs): direct
+        costs p50 76 us of loop time per send, a hop through a thread costs 55-100 us
+        more latency. So the choice is made per send: when this is the only request in
+        flight (nothing else wants the loop) the send is direct and the request pays no
+        hop; under concurrency it goes to a small thread pool, so that the loop serves
+        other connections while the round trips overlap. (Always direct, a profile at
+        16 concurrent requests showed 68 % of the loop's time blocked in Redis sends,
+        capping the process at one request per round trip.) ``send_in_thread=True``
+        always uses the pool, for layers whose send can block for long.
         """
-        if self._executor is None:
+        executor = self._executor
+        if executor is None or (not self.send_in_thread and self._active <= 1):
             self.layer.send(channel, message)
         else:
             await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.layer.send, channel, message
+                executor, self.layer.send, channel, message
             )
 
     async def _send_when_room(self, channel: str, message: Message, deadline: float) -> None:
@@ -568,6 +583,13 @@ class InterfaceServer:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._active += 1
+        try:
+            await self._http_request(scope, receive, send)
+        finally:
+            self._active -= 1
+
+    async def _http_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
         length: int | None = None
         has_body = False
@@ -862,6 +884,7 @@ class _WebSocketSession:
         message.update(fields)
         message["order"] = self.order
         message[DEADLINE_KEY] = deadline
+        self.server._active += 1
         try:
             await self.server._send_when_room(kind, message, deadline)
         except MessageTooLarge:
@@ -871,6 +894,8 @@ class _WebSocketSession:
             logger.warning("WebSocket event not passed on, closing: %s", exc)
             await self._close(1011)
             return False
+        finally:
+            self.server._active -= 1
         return True
 
     async def run(self) -> None:

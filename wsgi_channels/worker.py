@@ -11,10 +11,11 @@ let the ones in flight finish for up to ``graceful_timeout`` seconds, return.
 
 Threads:
 
-* the *receive loop* (the thread that calls ``serve``) takes a message only after it
-  has reserved a free pool thread (a semaphore taken *before* ``receive``), so messages
-  not yet handled stay in the layer, where other workers can take them;
-* ``threads`` pool threads run the app, one message each;
+* ``threads`` pool threads each receive a message and run the app on it, so a message
+  is taken only when a thread is free to run it; messages not yet taken stay in the
+  layer, where other workers can have them;
+* the thread that calls ``serve`` waits for a stop and runs ``on_tick`` (gunicorn's
+  heartbeat) meanwhile;
 * one *control thread* blocks on the worker's process channel prefix
   (``wsgi_channels.worker.<128 random bits>!``) for ``http.disconnect`` notices from our
   interface server (docs/protocol.md).
@@ -30,7 +31,6 @@ import io
 import itertools
 import logging
 import math
-import queue
 import secrets
 import signal
 import threading
@@ -279,8 +279,7 @@ class Worker:
         )
         self._stopping = threading.Event()
         self._force = False
-        self._slots = threading.BoundedSemaphore(self.threads)
-        self._jobs: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._count_lock = threading.Lock()
         self._active: dict[str, _Request] = {}
         self._prefix = ""
         self._control_channel: str | None = None
@@ -318,14 +317,14 @@ class Worker:
         should_stop: Callable[[], bool] | None = None,
         on_tick: Callable[[], None] | None = None,
     ) -> None:
-        """The receive loop; returns after a graceful stop.
+        """Serve until a stop; returns after a graceful stop.
 
         It stops taking messages when :meth:`stop` was called, *should_stop()*
         returns true, or ``max_requests`` were taken; then waits for those in flight
-        up to ``graceful_timeout``. *on_tick()* is called at least every
-        ``TICK_INTERVAL`` seconds throughout, while requests run and while stopping
-        (gunicorn's heartbeat), as long as the layer's blocking receive returns
-        within its bounded wait. A Worker serves once: after a stop, make a new one.
+        up to ``graceful_timeout``. *on_tick()* is called from the calling thread at
+        least every ``TICK_INTERVAL`` seconds throughout, while requests run and while
+        stopping (gunicorn's heartbeat). A Worker serves once: after a stop, make a
+        new one.
         """
         self._force = False
         self._prefix = f"{WORKER_PREFIX}{secrets.token_hex(16)}!"
@@ -335,89 +334,65 @@ class Worker:
         )
         control.start()
         pool = [
-            threading.Thread(target=self._pool_loop, name=f"wsgi-channels-{i}", daemon=True)
+            threading.Thread(
+                target=self._thread_loop, args=(i,), name=f"wsgi-channels-{i}", daemon=True
+            )
             for i in range(self.threads)
         ]
         for thread in pool:
             thread.start()
         log.info("worker serving %s with %d threads", ", ".join(self.channels), self.threads)
+        stopping = self._stopping
         try:
-            self._receive_loop(should_stop, on_tick)
+            while not stopping.is_set():
+                if on_tick is not None:
+                    on_tick()
+                if should_stop is not None and should_stop():
+                    break
+                stopping.wait(TICK_INTERVAL)
         finally:
-            self._drain(on_tick)
-            for _ in pool:
-                self._jobs.put(None)
+            stopping.set()
+            self._drain(pool, on_tick)
             self._control_channel = None
             control.join(timeout=0.1)  # it notices on its next receive timeout
             log.info("worker stopped after %d messages", self.requests_taken)
 
-    def _receive_loop(
-        self,
-        should_stop: Callable[[], bool] | None,
-        on_tick: Callable[[], None] | None,
-    ) -> None:
-        # Rotate the order of the channels so a busy http.request cannot starve the
-        # websocket.* channels in layers that read the first non-empty one.
-        rotations = itertools.cycle(
-            [self.channels[i:] + self.channels[:i] for i in range(len(self.channels))]
-        )
+    def _thread_loop(self, index: int) -> None:
+        """One pool thread: receive a message, run it, repeat.
+
+        Every thread does its own blocking receive (leader/follower), so a message is
+        taken only by a thread that is free to run it at once, and messages not yet
+        taken stay in the layer where other workers can have them. A single receiving
+        thread handing messages to the pool measured slower: every message then waits
+        for a thread hand-off, and the receiving thread, which releases the GIL for
+        each round trip to the layer, waits behind app threads to get it back.
+        """
+        # Start each thread at a different place in the rotation of channel orders so
+        # a busy http.request cannot starve the websocket.* channels in layers that
+        # read the first non-empty channel.
+        names = self.channels
+        orders = [names[i:] + names[:i] for i in range(len(names))]
+        rotations = itertools.islice(itertools.cycle(orders), index % len(orders), None)
         stopping = self._stopping
-        slots = self._slots
         receive = self._receive
-        jobs = self._jobs
         max_requests = self.max_requests
-        next_tick = 0.0
         while not stopping.is_set():
-            if on_tick is not None or should_stop is not None:
-                now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + TICK_INTERVAL
-                    if on_tick is not None:
-                        on_tick()
-                    if should_stop is not None and should_stop():
-                        return
-            if not slots.acquire(timeout=TICK_INTERVAL):
-                continue
             try:
                 channel, message = receive(next(rotations), True)
             except Exception as exc:
-                slots.release()
                 log.warning("receiving from the layer failed: %s; retrying", exc)
                 stopping.wait(1.0)
                 continue
             if channel is None:
-                slots.release()
                 continue
-            self.requests_taken += 1
-            jobs.put((channel, message))
-            if max_requests and self.requests_taken >= max_requests:
-                log.info("max_requests (%d) reached, stopping", max_requests)
-                return
-
-    def _drain(self, on_tick: Callable[[], None] | None) -> None:
-        """Wait until every pool thread is free, up to graceful_timeout."""
-        deadline = time.monotonic() + self.graceful_timeout
-        held = 0
-        while held < self.threads:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._force:
-                log.warning("graceful timeout: %d messages still running", self.threads - held)
-                break
-            if self._slots.acquire(timeout=min(remaining, TICK_INTERVAL)):
-                held += 1
-            elif on_tick is not None:
-                on_tick()
-        for _ in range(held):
-            self._slots.release()
-
-    def _pool_loop(self) -> None:
-        jobs = self._jobs
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
+            with self._count_lock:
+                self.requests_taken += 1
+                if max_requests and self.requests_taken >= max_requests:
+                    log.info("max_requests (%d) reached, stopping", max_requests)
+                    stopping.set()
+            # A message taken is run even when a stop began meanwhile: it is no longer
+            # in the layer, so dropping it would lose it.
             try:
-                channel, message = job
                 if channel == "http.request":
                     self.handle_http(message)
                 else:
@@ -425,8 +400,22 @@ class Worker:
             except Exception:
                 # Only a bug of ours gets here; the thread must survive it.
                 log.exception("unexpected error handling a message")
-            finally:
-                self._slots.release()
+
+    def _drain(self, pool: list[threading.Thread], on_tick: Callable[[], None] | None) -> None:
+        """Wait until every pool thread has finished its message and returned, up to
+        graceful_timeout (a thread waiting in receive returns within the layer's
+        bounded wait)."""
+        deadline = time.monotonic() + self.graceful_timeout
+        for thread in pool:
+            while thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._force:
+                    busy = sum(t.is_alive() for t in pool)
+                    log.warning("graceful timeout: %d threads still running", busy)
+                    return
+                thread.join(min(remaining, TICK_INTERVAL))
+                if on_tick is not None:
+                    on_tick()
 
     def _control_loop(self) -> None:
         """Mark requests cancelled on ``{"type": "http.disconnect", "reply_channel":
