@@ -205,10 +205,10 @@ def _uvicorn_options() -> dict[str, Any]:
     The access log is the worker's (one line per request, SPEC.md §5), so uvicorn's is
     off: it would double the lines and cost every request a logging call.
     """
-    from .interface import MAX_FRAME_SIZE, GoingAwayWSProtocol
+    from .interface import MAX_FRAME_SIZE, BoundedHttpToolsProtocol, GoingAwayWSProtocol
 
     options: dict[str, Any] = {
-        "http": "httptools",
+        "http": BoundedHttpToolsProtocol,
         "ws": GoingAwayWSProtocol,
         "ws_max_size": MAX_FRAME_SIZE,
         "lifespan": "on",
@@ -458,10 +458,13 @@ def interface(
 @threads_option
 def worker(app: str, layer_url: str | None, threads: int) -> None:
     """Run APP on the messages of the layer until SIGTERM/SIGINT."""
+    from .layers import set_default_layer
     from .worker import Worker
 
     wsgi_app = load_app(app)
     layer = open_layer(layer_url)
+    # Channel() and Group() in the app, without layer=, use the layer served here.
+    set_default_layer(layer)
     _configure_logging()
     try:
         Worker(wsgi_app, layer, threads=threads).run()

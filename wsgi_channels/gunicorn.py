@@ -34,14 +34,14 @@ __all__ = ["ChannelWorker"]
 class ChannelWorker(GunicornWorker):  # type: ignore[misc]
     """gunicorn worker: the :class:`Worker` receive loop in a gunicorn child.
 
-    ``init_process()`` (run in the child after the fork) makes the layer, then
-    gunicorn's own ``init_process`` loads the app, installs the signal handlers and
-    calls :meth:`run`. ``run()`` serves until ``self.alive`` turns false (gunicorn
-    sets it on ``TERM``, which the master also sends on ``HUP`` to the old workers),
-    the master goes away, or ``max_requests`` messages were taken; it then finishes
-    the messages in flight (up to ``--graceful-timeout``) and returns, and gunicorn
-    exits the child. The heartbeat (``notify()``) runs from the receive loop every
-    half second, also while every thread is busy and while stopping.
+    gunicorn's ``init_process()`` (run in the child after the fork) loads the app,
+    installs the signal handlers and calls :meth:`run`, which makes the layer and
+    serves until ``self.alive`` turns false (gunicorn sets it on ``TERM``, which the
+    master also sends on ``HUP`` to the old workers), the master goes away, or
+    ``max_requests`` messages were taken; it then finishes the messages in flight (up
+    to ``--graceful-timeout``) and returns, and gunicorn exits the child. The heartbeat
+    (``notify()``) runs from the serving thread every half second, also while every
+    pool thread is busy and while stopping.
     """
 
     layer: Any = None
@@ -56,16 +56,16 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
             "max_requests": max_requests if self.cfg.max_requests > 0 else 0,
         }
 
-    def init_process(self) -> None:
-        # In the child: a layer of our own (get_default_layer makes a fresh one after
-        # fork), then gunicorn's setup, which ends by calling self.run().
-        self.layer = get_default_layer()
-        super().init_process()
 
     def _should_stop(self) -> bool:
         return not self.alive or self.ppid != os.getppid()
 
     def run(self) -> None:
+        # In the child, after gunicorn loaded the app: the layer is resolved only now
+        # so that a Django project's WSGI_CHANNELS_LAYER setting, readable once the app
+        # has set Django up, names the same layer here as in the app's own Group()
+        # calls (get_default_layer makes a fresh one after the fork).
+        self.layer = get_default_layer()
         worker = Worker(self.wsgi, self.layer, **self.worker_options())
         self.log.info("wsgi-channels worker (pid %s) taking messages", self.pid)
         worker.serve(should_stop=self._should_stop, on_tick=self.notify)

@@ -27,6 +27,7 @@ so third-party layers such as ``asgi_redis`` work.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import logging
@@ -607,8 +608,12 @@ class Worker:
         try:
             deadline = _deadline(message, now)
             if deadline < now:
-                log.info("dropped a %s whose deadline passed in the queue", channel)
-                return
+                if event != "disconnect":
+                    log.info("dropped a %s whose deadline passed in the queue", channel)
+                    return
+                # Nobody waits for a disconnect's answer, but the app's clean-up (leaving
+                # groups) must still run: give its replies a fresh deadline.
+                deadline = now + DEFAULT_REPLY_TIMEOUT
             body = b""
             if event == "receive":
                 body = websocket_frame(message)[0]
@@ -664,6 +669,18 @@ class Worker:
                 self._send(reply_channel, reply, deadline, None)
         except _Abandon as exc:
             log.info("abandoned the replies to %s: %s", channel, exc)
+        except InvalidResponse as exc:
+            # A frame the layer refuses (over its max_message_size): close with 1011,
+            # still reporting the event done so the connection is not left waiting.
+            log.error("cannot send the reply to %s: %s", channel, exc)
+            status = 500
+            fallback = websocket_replies(event, 500, [], b"")
+            if message.get(EXT_KEY):
+                fallback = fallback or [{}]
+                fallback[-1][DONE_KEY] = message.get("order", 0)
+            with contextlib.suppress(_Abandon, InvalidResponse):
+                for reply in fallback:
+                    self._send(reply_channel, reply, deadline, None)
         if access_log.isEnabledFor(logging.INFO):
             environ["REQUEST_METHOD"] = "WEBSOCKET." + event.upper()
             self._log_access(environ, status, size, started)
