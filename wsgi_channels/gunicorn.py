@@ -56,7 +56,6 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
             "max_requests": max_requests if self.cfg.max_requests > 0 else 0,
         }
 
-
     def _should_stop(self) -> bool:
         return not self.alive or self.ppid != os.getppid()
 
