@@ -142,6 +142,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
     busy_timeout: ClassVar[float] = 5.0
     #: Writes by this process between two sweeps of expired messages and memberships.
     sweep_every: ClassVar[int] = 1000
+    #: Seconds between two sweeps at most, while the layer is used (also when idle in
+    #: a blocking receive), so that a quiet process cleans up too.
+    sweep_interval: ClassVar[float] = 10.0
 
     def __init__(
         self, *, path: str | os.PathLike[str], prefix: str = DEFAULT_PREFIX, **options: Any
@@ -169,6 +172,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._use_returning = _HAS_RETURNING
         self._closed = False
         self._writes = 0
+        self._last_sweep = time.time()
         self._init_process_state()
 
     @classmethod
@@ -419,6 +423,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 return record
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # An idle reader is a good moment for housekeeping.
+                self._maybe_sweep(self._conn(), time.time())
                 return None
             timeout = min(remaining, self.wake_fallback)
             if waiter is not None:
@@ -516,13 +522,23 @@ class SQLiteChannelLayer(BaseChannelLayer):
         return {"channels": channels, "groups": groups}
 
     def _count_write(self, conn: sqlite3.Connection, now: float) -> None:
-        """Delete expired rows every ``sweep_every`` writes: messages to channels
-        nobody reads any more, and memberships nobody refreshed, would otherwise stay
-        in the file for ever. (Receive deletes the expired messages it meets.)"""
+        """Delete expired rows every ``sweep_every`` writes, or ``sweep_interval``
+        seconds: messages to channels nobody reads any more, and memberships nobody
+        refreshed, would otherwise stay in the file for ever. (Receive deletes the
+        expired messages it meets.)"""
         self._writes += 1
-        if self._writes < self.sweep_every:
-            return
+        if self._writes >= self.sweep_every:
+            self._sweep(conn, now)
+        else:
+            self._maybe_sweep(conn, now)
+
+    def _maybe_sweep(self, conn: sqlite3.Connection, now: float) -> None:
+        if now - self._last_sweep >= self.sweep_interval:
+            self._sweep(conn, now)
+
+    def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
         self._writes = 0
+        self._last_sweep = now
         with self._transaction(conn):
             conn.execute(self._sql.sweep_messages, (now,))
             conn.execute(self._sql.sweep_groups, (now,))
