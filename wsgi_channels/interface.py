@@ -909,24 +909,33 @@ class _WebSocketSession:
             await self._socket_send({"type": "websocket.close"})
             return
         deadline = loop.time() + server.websocket_connect_timeout
-        accepted = False
-        while not accepted:
+        # Frames that arrive before the app decided (a group message sent while the
+        # connect event runs, or released by ChannelsMiddleware before the worker's
+        # accept) wait here: sent after the accept, dropped on a rejection. Under
+        # ASGI 1.0 a frame before accept accepts; that is honoured only when no
+        # decision came before the timeout (a worker that does not speak ours).
+        early: collections.deque[Message] = collections.deque(maxlen=server.websocket_queue)
+        while True:
             reply = await self.inbox.get(deadline)
-            if reply is _Event.TIMEOUT or self.close_code is not None:
+            if self.close_code is not None or (reply is _Event.TIMEOUT and not early):
                 await self._socket_send({"type": "websocket.close"})  # 403
                 return
-            if not isinstance(reply, dict):
-                continue
-            if reply.get("accept") or "text" in reply or "bytes" in reply:
-                # ASGI 1.0: a frame before accept accepts the connection.
-                accepted = True
+            if reply is _Event.TIMEOUT or (isinstance(reply, dict) and reply.get("accept")):
                 await self._socket_send({"type": "websocket.accept"})
                 self.in_flight = 0
                 self.in_flight_deadline = loop.time() + server.http_timeout
-                await self._handle_reply(reply)
-            elif reply.get("close") or reply.get(DONE_KEY) == 0:
+                for frame in early:
+                    await self._handle_reply(frame)
+                if isinstance(reply, dict):
+                    await self._handle_reply(reply)
+                break
+            if not isinstance(reply, dict):
+                continue
+            if reply.get("close") or reply.get(DONE_KEY) == 0:
                 await self._socket_send({"type": "websocket.close"})  # rejected: 403
                 return
+            if "text" in reply or "bytes" in reply:
+                early.append(reply)
         reader = loop.create_task(self._read())
         try:
             await self._write()
