@@ -122,7 +122,11 @@ def websocket(environ: Environ, start_response: StartResponse) -> Iterable[bytes
             Group(name, layer=environ["wsgi_channels.layer"]).add(
                 environ["wsgi_channels.reply_channel"]
             )
-        start_response("200 OK", [("Content-Type", "text/plain")])
+        headers = [("Content-Type", "text/plain")]
+        offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
+        if path == "/ws/subprotocol" and "chat.v2" in offered.replace(" ", "").split(","):
+            headers.append(("Sec-WebSocket-Protocol", "chat.v2"))
+        start_response("200 OK", headers)
         return [b""]
     if event == "receive":
         body = environ["wsgi.input"].read()

@@ -167,6 +167,17 @@ def test_websocket_echo_text_and_bytes(stack: Stack) -> None:
     assert run(talk()) == ["hello", b"\x00\x01binary"]
 
 
+def test_the_app_chooses_a_subprotocol_with_a_response_header(stack: Stack) -> None:
+    async def talk() -> list[object]:
+        url = stack.ws_url + "/ws/subprotocol"
+        async with websockets.connect(url, subprotocols=["chat.v1", "chat.v2"]) as ws:
+            chosen = ws.subprotocol
+            await ws.send("hi")
+            return [chosen, await ws.recv()]
+
+    assert run(talk()) == ["chat.v2", "hi"]
+
+
 def test_websocket_rejected_by_the_app_is_403(stack: Stack) -> None:
     async def connect() -> None:
         async with websockets.connect(stack.ws_url + "/ws/reject"):

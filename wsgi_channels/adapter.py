@@ -30,6 +30,7 @@ EXT_KEY = "wsgi_channels.ext"
 DEADLINE_KEY = "wsgi_channels.deadline"
 CONTROL_KEY = "wsgi_channels.control"
 DONE_KEY = "wsgi_channels.done"
+SUBPROTOCOL_KEY = "wsgi_channels.subprotocol"
 DISCONNECT_TYPE = "http.disconnect"
 
 INTERFACE_PREFIX = "wsgi_channels.interface."
@@ -77,6 +78,7 @@ __all__ = [
     "INLINE_BODY_LIMIT",
     "INTERFACE_PREFIX",
     "MAX_CHUNK_SIZE",
+    "SUBPROTOCOL_KEY",
     "WORKER_PREFIX",
     "FileWrapper",
     "HTTPRequestMessage",

@@ -55,6 +55,7 @@ from .adapter import (
     EXT_KEY,
     INLINE_BODY_LIMIT,
     INTERFACE_PREFIX,
+    SUBPROTOCOL_KEY,
 )
 from .layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
 from .layers.base import (
@@ -843,13 +844,20 @@ class _WebSocketSession:
         self.receive = receive
         self.send = send
         self.inbox = inbox
+        # Only a subprotocol the client offered may be accepted (RFC 6455 4.2.2).
+        self.subprotocols: list[str] = list(scope.get("subprotocols") or ())
+        headers = list(scope["headers"])
+        if self.subprotocols and not any(name == b"sec-websocket-protocol" for name, _ in headers):
+            # wsproto consumes this header (the offer is in scope["subprotocols"]); the
+            # app reads the offer from its environ, so it goes back in the message.
+            headers.append((b"sec-websocket-protocol", ", ".join(self.subprotocols).encode()))
         self.base: Message = {
             "reply_channel": reply_channel,
             "path": scope["path"],
             "query_string": scope["query_string"],
             "root_path": scope.get("root_path") or server.root_path,
             "scheme": scope.get("scheme", "ws"),
-            "headers": scope["headers"],
+            "headers": headers,
             "client": scope.get("client"),
             "server": scope.get("server"),
             EXT_KEY: 1,
@@ -921,7 +929,11 @@ class _WebSocketSession:
                 await self._socket_send({"type": "websocket.close"})  # 403
                 return
             if reply is _Event.TIMEOUT or (isinstance(reply, dict) and reply.get("accept")):
-                await self._socket_send({"type": "websocket.accept"})
+                accept: Message = {"type": "websocket.accept"}
+                subprotocol = reply.get(SUBPROTOCOL_KEY) if isinstance(reply, dict) else None
+                if isinstance(subprotocol, str) and subprotocol in self.subprotocols:
+                    accept["subprotocol"] = subprotocol
+                await self._socket_send(accept)
                 self.in_flight = 0
                 self.in_flight_deadline = loop.time() + server.http_timeout
                 for frame in early:

@@ -48,6 +48,7 @@ from .adapter import (
     DONE_KEY,
     EXT_KEY,
     MAX_FRAME_SIZE,
+    SUBPROTOCOL_KEY,
     WEBSOCKET_EVENTS,
     WORKER_PREFIX,
     InvalidResponse,
@@ -623,6 +624,7 @@ class Worker:
             return
         reply_channel: str = message["reply_channel"]
         collected: list[dict[str, Any]] = []
+        first_headers: list[list[bytes]] = []
         size = 0
 
         def collect(reply: dict[str, Any]) -> None:
@@ -650,7 +652,8 @@ class Worker:
                 if len(collected) == 1
                 else b"".join(reply["content"] for reply in collected)
             )
-            replies = websocket_replies(event, status, first["headers"], body)
+            first_headers = first["headers"]
+            replies = websocket_replies(event, status, first_headers, body)
         except Exception:
             log.exception("error in the app on %s %s", channel, environ["PATH_INFO"])
             status = 500
@@ -659,6 +662,13 @@ class Worker:
             if iterable is not None:
                 _close(iterable)
         if message.get(EXT_KEY):
+            if event == "connect" and replies and replies[0].get("accept"):
+                # The app picks a subprotocol with a Sec-WebSocket-Protocol header in
+                # its connect response; our interface server puts it in the accept.
+                for name, value in first_headers:
+                    if name == b"sec-websocket-protocol":
+                        replies[0][SUBPROTOCOL_KEY] = value.decode("latin-1")
+                        break
             order = message.get("order", 0)
             if replies:
                 replies[-1][DONE_KEY] = order
