@@ -1,0 +1,1 @@
+"""Benchmarks of wsgi-channels against gunicorn and channels_redis; see README.md."""

@@ -1,0 +1,104 @@
+"""Every benchmark scenario runs end to end at its ``--quick`` size (the whole module
+in well under a minute) and writes sane JSON. The figures are not checked against the
+bars here; benchmarks/README.md holds the real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+NEEDS = {
+    "http_throughput": ("wrk", "redis-server", "gunicorn"),
+    "http_latency": ("wrk", "redis-server", "gunicorn"),
+    "group_send": ("redis-server",),
+    "fanout": ("redis-server",),
+    "ws_memory": ("redis-server",),
+    "sqlite_latency": (),
+    "micro": ("redis-server",),
+}
+
+
+def run_quick(name: str, tmp_path: Path) -> dict[str, Any]:
+    missing = [binary for binary in NEEDS[name] if shutil.which(binary) is None]
+    if missing:
+        pytest.skip(f"benchmark {name} needs {', '.join(missing)} on PATH")
+    out = tmp_path / f"{name}.json"
+    env = dict(os.environ, BENCH_STRICT="1", PYTHONPATH=str(ROOT))
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    if done.returncode == 3:
+        pytest.skip(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "JSON:" in done.stdout
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["scenario"] == name
+    assert data["rows"], data
+    return data
+
+
+@pytest.mark.parametrize("name", ["http_throughput", "http_latency"])
+def test_http(name: str, tmp_path: Path) -> None:
+    data = run_quick(name, tmp_path)
+    assert data["rows"][0]["config"].startswith("gunicorn")
+    for row in data["rows"]:
+        assert row["rps"] > 0 and row["errors"] == 0, row
+        assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"], row
+    assert len(data["bars"]) >= 1
+
+
+def test_group_send(tmp_path: Path) -> None:
+    data = run_quick("group_send", tmp_path)
+    layers = {row["layer"] for row in data["rows"]}
+    assert {"wsgi_channels redis", "wsgi_channels sqlite", "channels_redis"} <= layers
+    for row in data["rows"]:
+        assert row["mean_ms"] > 0, row
+    ours = [row for row in data["rows"] if row["layer"].startswith("wsgi_channels")]
+    # The expansion check: one process's share of the members, each got the message.
+    assert all(row["expanded"] == row["members"] // 2 for row in ours), ours
+
+
+def test_fanout(tmp_path: Path) -> None:
+    (row,) = run_quick("fanout", tmp_path)["rows"]
+    assert row["connected"] == row["clients"] == row["members"], row
+    assert row["lost"] == 0 and row["duplicates"] == 0, row
+    assert row["last_p99_ms"] is not None
+
+
+def test_ws_memory(tmp_path: Path) -> None:
+    (row,) = run_quick("ws_memory", tmp_path)["rows"]
+    assert "error" not in row, row
+    assert row["connected"] == 50, row
+    assert row["echo_c1_per_s"] > 0 and row["echo_c16_per_s"] > 0, row
+
+
+def test_sqlite_latency(tmp_path: Path) -> None:
+    data = run_quick("sqlite_latency", tmp_path)
+    for row in data["rows"]:
+        assert row["received"] == row["messages"], row
+        assert row["p50_ms"] > 0, row
+
+
+def test_micro(tmp_path: Path) -> None:
+    data = run_quick("micro", tmp_path)
+    assert len(data["rows"]) == 3
+    for row in data["rows"]:
+        assert row["today_us"] > 0 and row["suggested_us"] > 0, row
