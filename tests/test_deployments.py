@@ -133,12 +133,15 @@ def wait_until_ok(url: str, timeout: float = 20.0) -> None:
     raise TimeoutError(f"{url} did not answer 200 within {timeout} s: {last!r}")
 
 
-def publish_and_watch(ws_base: str, http_base: str, text: str) -> dict[str, Any]:
-    """Open a WebSocket on the liveblog, publish *text* over HTTP, return what the
-    socket receives."""
+def publish_and_watch(
+    ws_base: str, http_base: str, text: str, origin: str | None = None
+) -> dict[str, Any]:
+    """Open a WebSocket on the liveblog (as a page from *origin* would, by default the
+    socket's own server), publish *text* over HTTP, return what the socket receives."""
 
     async def run() -> dict[str, Any]:
-        origin = ws_base.replace("ws://", "http://", 1)
+        nonlocal origin
+        origin = origin or ws_base.replace("ws://", "http://", 1)
         async with websockets.connect(f"{ws_base}/ws/liveblog", origin=origin) as ws:  # type: ignore[arg-type]
             loop = asyncio.get_running_loop()
             status, post = await loop.run_in_executor(
@@ -174,9 +177,14 @@ def test_run_on_the_default_sqlite_layer(processes: Processes) -> None:
 def test_gunicorn_for_http_interface_and_worker_for_websockets(
     processes: Processes, redis_url: str
 ) -> None:
+    # As the README's way 2: the pages from gunicorn open their WebSocket on the
+    # interface server (LIVEBLOG_SOCKET_URL), which allows the pages' origin.
     http_port, ws_port = free_port(), free_port()
+    page_origin = f"http://127.0.0.1:{http_port}"
     env = process_env(
-        WSGI_CHANNELS_LAYER=redis_url, LIVEBLOG_DB=str(processes.cwd / "liveblog.sqlite3")
+        WSGI_CHANNELS_LAYER=redis_url,
+        LIVEBLOG_DB=str(processes.cwd / "liveblog.sqlite3"),
+        LIVEBLOG_SOCKET_URL=f"ws://127.0.0.1:{ws_port}/ws/liveblog",
     )
     processes.start(
         "gunicorn",
@@ -185,7 +193,14 @@ def test_gunicorn_for_http_interface_and_worker_for_websockets(
     )
     processes.start(
         "interface",
-        [*wsgi_channels_command(), "interface", "--bind", f"127.0.0.1:{ws_port}"],
+        [
+            *wsgi_channels_command(),
+            "interface",
+            "--bind",
+            f"127.0.0.1:{ws_port}",
+            "--allowed-origin",
+            page_origin,
+        ],
         env,
     )
     processes.start("worker", [*wsgi_channels_command(), "worker", APP], env)
@@ -193,8 +208,12 @@ def test_gunicorn_for_http_interface_and_worker_for_websockets(
     wait_for_port(ws_port, timeout=20)
     wait_until_ok(f"http://127.0.0.1:{ws_port}/posts.json")  # the worker is up
 
+    with urllib.request.urlopen(page_origin + "/", timeout=10) as response:
+        page = response.read().decode()
+    assert f'data-socket="ws://127.0.0.1:{ws_port}/ws/liveblog"' in page
+
     post = publish_and_watch(
-        f"ws://127.0.0.1:{ws_port}", f"http://127.0.0.1:{http_port}", "From gunicorn"
+        f"ws://127.0.0.1:{ws_port}", page_origin, "From gunicorn", origin=page_origin
     )
     assert post["body"] == "From gunicorn"
     # Both sides read the same database.

@@ -22,6 +22,10 @@ Run it from the repository's root, in one of three ways::
     wsgi-channels interface --bind 127.0.0.1:8000               # everything through the
     gunicorn -k wsgi_channels.gunicorn.ChannelWorker examples.flask_app:app  # interface
 
+With gunicorn serving the pages, ``LIVEBLOG_SOCKET_URL`` (for example
+``ws://127.0.0.1:8001/ws/liveblog``) sends the page's WebSocket to the interface server,
+which must then allow the page's origin (``--allowed-origin http://127.0.0.1:8000``).
+
 The posts live in the SQLite file named by ``LIVEBLOG_DB`` (default
 ``liveblog.sqlite3`` in the current directory); the channel layer is the one named by
 ``WSGI_CHANNELS_LAYER`` (default ``sqlite:///.wsgi_channels.sqlite3``). All processes
@@ -77,6 +81,9 @@ def create_app(db_path: str | None = None) -> Flask:
     ``liveblog.sqlite3``), its WSGI callable wrapped in ChannelsMiddleware."""
     app = Flask(__name__)
     app.config["LIVEBLOG_DB"] = db_path or os.environ.get("LIVEBLOG_DB", "liveblog.sqlite3")
+    # Where the page opens its WebSocket: this server's /ws/liveblog by default, or an
+    # interface server on another address when gunicorn serves the pages (way 2).
+    app.config["LIVEBLOG_SOCKET_URL"] = os.environ.get("LIVEBLOG_SOCKET_URL", "")
     ready = []  # the schema exists: made on first use, so importing touches no file
 
     def get_db() -> sqlite3.Connection:

@@ -71,8 +71,11 @@
   var retryTimer = null;
 
   function socketUrl() {
+    // A path is on this page's server; a full ws:// or wss:// URL (LIVEBLOG_SOCKET_URL)
+    // points at an interface server elsewhere.
     var url = new URL(body.dataset.socket, window.location.href);
-    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    if (url.protocol === "https:") url.protocol = "wss:";
+    else if (url.protocol === "http:") url.protocol = "ws:";
     return url.href;
   }
 
