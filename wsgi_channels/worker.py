@@ -429,7 +429,7 @@ class Worker:
             try:
                 channel, message = self._receive([prefix], True)
             except Exception as exc:
-                if self._control_channel is None:
+                if self._stopping.is_set():
                     return  # stopped: the layer may be closing under us
                 log.warning("receiving on the control channel failed: %s", exc)
                 time.sleep(1.0)
