@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def test_errors_are_one_line_and_exit_2(args: tuple[str, ...], expected: str) ->
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("run", "apps:echo", "--layer", "memory://"), id="run"),
+        pytest.param(("interface", "--layer", "memory://"), id="interface"),
+    ],
+)
+def test_a_port_in_use_is_one_line_with_the_reason(command: tuple[str, ...]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = wsgi_channels(*command, "--bind", f"127.0.0.1:{port}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"wsgi-channels: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
 
 
 def test_environment_variables_are_options(sqlite_url: str) -> None:

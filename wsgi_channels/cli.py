@@ -341,6 +341,7 @@ def _run(
     from .worker import Worker
 
     app = load_app(app_spec)
+    _check_bind(host, port, uds)
     layer = open_layer(layer_url)
     _configure_logging()
     # The app's Group(...).send() must reach the same layer (memory:// is per object).
@@ -383,6 +384,22 @@ def _serve(server: Any, sock: socket.socket) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _check_bind(host: str | None, port: int | None, uds: str | None) -> None:
+    """Fail with one line (and the reason) if HOST:PORT cannot be listened on, before
+    anything else starts. uvicorn would log the OSError on lines of its own."""
+    import socket
+
+    if uds is not None or not port:
+        return
+    family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or "127.0.0.1", port))
+        except OSError as exc:
+            _fail(f"cannot listen on {host or '127.0.0.1'}:{port}: {exc.strerror or exc}")
 
 
 def _bind(config: Any) -> socket.socket:
@@ -461,6 +478,7 @@ def interface(
 
     host, port, uds = parse_bind(bind)
     _check_interface_options(http_timeout, websocket_connect_timeout, allowed_origins)
+    _check_bind(host, port, uds)
     url = layer_url or DEFAULT_LAYER_URL
     open_layer(url).close()
     _configure_logging()
