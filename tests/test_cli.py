@@ -124,3 +124,51 @@ def test_run_prints_its_url_and_serves(tmp_path: Path) -> None:
     finally:
         assert process.stop() == 0, process.output
     assert "Traceback" not in process.output
+
+
+DJANGO_SETTINGS = """
+SECRET_KEY = "test"
+ROOT_URLCONF = "djurls"
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+WSGI_CHANNELS_LAYER = {layer!r}
+"""
+DJANGO_URLS = """
+from django.http import HttpResponse
+from django.urls import path
+
+urlpatterns = [path("", lambda request: HttpResponse(b"from django"))]
+"""
+DJANGO_WSGI = """
+from django.core.wsgi import get_wsgi_application
+
+application = get_wsgi_application()
+"""
+
+
+def test_worker_serves_the_layer_of_a_django_setting(tmp_path: Path) -> None:
+    from _worker_helpers import request
+
+    from wsgi_channels.layers import layer_from_url
+
+    url = f"sqlite:///{tmp_path / 'from-settings.sqlite3'}"
+    (tmp_path / "djsettings.py").write_text(DJANGO_SETTINGS.format(layer=url))
+    (tmp_path / "djurls.py").write_text(DJANGO_URLS)
+    (tmp_path / "djwsgi.py").write_text(DJANGO_WSGI)
+    env = child_env({"DJANGO_SETTINGS_MODULE": "djsettings"})
+    worker = subprocess.Popen(
+        cli_command("worker", "djwsgi:application"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with layer_from_url(url) as layer:
+            reply = request(layer, "GET", "/", reply_timeout=20)
+        assert (reply.status, reply.body) == (200, b"from django")
+        # Nothing went to the default layer in the working directory.
+        assert not (tmp_path / ".wsgi_channels.sqlite3").exists()
+    finally:
+        worker.terminate()
+        assert worker.wait(15) == 0

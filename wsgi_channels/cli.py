@@ -224,8 +224,12 @@ def _shown(url: str) -> str:
 
 
 def open_layer(url: str | None) -> BaseChannelLayer:
-    """The layer named by *url* (or the default), checked to be reachable."""
-    url = url or DEFAULT_LAYER_URL
+    """The layer named by *url*, else by a Django project's ``WSGI_CHANNELS_LAYER``
+    setting (readable once APP has been loaded), else the default; checked to be
+    reachable."""
+    from .layers import _django_setting
+
+    url = url or _django_setting() or DEFAULT_LAYER_URL
     try:
         layer = layer_from_url(url)
         layer.channel_statistics("http.request")  # a cheap call that needs the server
