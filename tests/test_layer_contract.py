@@ -617,6 +617,186 @@ def test_send_group_to_local_members_interleaves_with_direct_sends(layer: Any) -
     assert got[3] == ("proc!b", {"n": 3})
 
 
+def drain_batches(layer: Any, channels: list[str], max_messages: int = 100, **kw: Any) -> list[Any]:
+    """Every batch receive_batch() returns for *channels* until one comes back empty."""
+    batches = []
+    for _ in range(10000):
+        batch = layer.receive_batch(channels, max_messages=max_messages, **kw)
+        if not batch:
+            return batches
+        batches.append(batch)
+    raise AssertionError("receive_batch never ran dry")
+
+
+def test_receive_batch_returns_a_group_send_to_local_members_at_once(layer: Any) -> None:
+    members = [f"proc!m{i}" for i in range(50)]
+    for member in members:
+        layer.group_add("crowd", member)
+    layer.group_add("crowd", "other!x")
+    layer.send_group("crowd", {"text": "all"})
+    batch = layer.receive_batch(["proc!"], max_messages=100)
+    assert Counter(channel for channel, _ in batch) == Counter(members)
+    assert all(message == {"text": "all"} for _, message in batch)
+    assert layer.receive_batch(["proc!"]) == []
+    assert layer.receive(["proc!"]) == (None, None)
+    assert layer.receive_batch(["other!"]) == [("other!x", {"text": "all"})]
+
+
+def test_receive_batch_never_exceeds_max_messages(layer: Any) -> None:
+    members = [f"proc!m{i}" for i in range(50)]
+    for member in members:
+        layer.group_add("crowd", member)
+    layer.send_group("crowd", {"n": 1})
+    layer.send_group("crowd", {"n": 2})
+    layer.send("proc!m3", {"n": 3})
+    batches = drain_batches(layer, ["proc!"], max_messages=7, max_records=10)
+    assert all(1 <= len(batch) <= 7 for batch in batches)
+    got = [item for batch in batches for item in batch]
+    assert Counter((c, m["n"]) for c, m in got) == Counter(
+        [(c, 1) for c in members] + [(c, 2) for c in members] + [("proc!m3", 3)]
+    )
+
+
+def test_receive_batch_keeps_each_channels_order(layer: Any) -> None:
+    layer.group_add("g", "proc!a")
+    layer.group_add("g", "proc!b")
+    for i in range(6):
+        layer.send("proc!a", {"i": i, "how": "direct"})
+        layer.send_group("g", {"i": i, "how": "group"})
+        layer.send("plain", {"i": i})
+    for max_messages, max_records in [(1, 1), (3, 1), (3, 5), (100, 100)]:
+        if max_messages != 1:  # the first pass leaves the queues empty: refill
+            for i in range(6):
+                layer.send("proc!a", {"i": i, "how": "direct"})
+                layer.send_group("g", {"i": i, "how": "group"})
+                layer.send("plain", {"i": i})
+        batches = drain_batches(
+            layer, ["proc!", "plain"], max_messages=max_messages, max_records=max_records
+        )
+        got = [item for batch in batches for item in batch]
+        expected_a = [(i, how) for i in range(6) for how in ("direct", "group")]
+        assert [(m["i"], m["how"]) for c, m in got if c == "proc!a"] == expected_a
+        assert [m["i"] for c, m in got if c == "proc!b"] == list(range(6))
+        assert [m["i"] for c, m in got if c == "plain"] == list(range(6))
+
+
+def test_receive_batch_takes_at_most_max_records_from_the_queues(layer: Any) -> None:
+    for i in range(5):
+        layer.send("work", {"i": i})
+    assert layer.receive_batch(["work"]) == [("work", {"i": 0})]  # one record by default
+    batch = layer.receive_batch(["work"], max_records=3)
+    assert [m["i"] for _, m in batch] == [1, 2, 3]
+    assert layer.receive_batch(["work"], max_records=10) == [("work", {"i": 4})]
+    with pytest.raises(ValueError):
+        layer.receive_batch(["work"], max_messages=0)
+
+
+def test_receive_batch_and_receive_share_the_members_once(layer: Any) -> None:
+    members = [f"proc!m{i}" for i in range(30)]
+    for member in members:
+        layer.group_add("crowd", member)
+    layer.send_group("crowd", {"text": "x"})
+    first = layer.receive_batch(["proc!"], max_messages=10)
+    rest = drain(layer, ["proc!"])
+    assert len(first) == 10
+    assert Counter(c for c, _ in first + rest) == Counter(members)
+
+
+def test_receive_batch_gives_each_member_its_own_dict(layer: Any) -> None:
+    for member in ("proc!a", "proc!b", "proc!c"):
+        layer.group_add("g", member)
+    layer.send_group("g", {"text": "hi", "n": 1})
+    batch = layer.receive_batch(["proc!"])
+    batch[0][1]["n"] = 2
+    batch[0][1]["extra"] = True
+    assert [message for _, message in batch[1:]] == [{"text": "hi", "n": 1}] * 2
+
+
+def test_receive_batch_excludes_expired_messages(make_layer: Any) -> None:
+    layer = make_layer(expiry=1)
+    for member in ("proc!a", "proc!b", "proc!c"):
+        layer.group_add("g", member)
+    layer.send("plain", {"n": "old"})
+    layer.send_group("g", {"n": "old-group"})
+    assert len(layer.receive_batch(["proc!"], max_messages=1)) == 1  # two left, expanded
+    layer.send_group("g", {"n": "old-group-2"})  # not expanded yet
+    time.sleep(1.1)
+    assert layer.receive_batch(["proc!", "plain"], max_records=10) == []
+    layer.send_group("g", {"n": "new"})
+    batch = layer.receive_batch(["proc!", "plain"])
+    assert sorted(batch) == [(c, {"n": "new"}) for c in ("proc!a", "proc!b", "proc!c")]
+
+
+def test_receive_batch_waits_then_gives_up_empty(make_layer: Any) -> None:
+    layer = make_layer(receive_timeout=0.3)
+    started = time.monotonic()
+    assert layer.receive_batch(["empty", "empty!"], block=True) == []
+    assert 0.25 <= time.monotonic() - started < 1.5
+    layer.send("ready", {"x": 1})
+    started = time.monotonic()
+    assert layer.receive_batch(["ready"], block=True) == [("ready", {"x": 1})]
+    assert time.monotonic() - started < 0.5
+
+
+def test_receive_batch_wakes_on_a_group_send_from_another_thread(
+    make_layer: Any, layer_backend: str
+) -> None:
+    receiver = make_layer(receive_timeout=10)
+    sender = receiver if layer_backend == "memory" else make_layer(receive_timeout=10)
+    members = [f"proc!m{i}" for i in range(20)]
+    for member in members:
+        sender.group_add("wake", member)
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(receiver.receive_batch(["proc!"], True)))
+    thread.start()
+    time.sleep(0.3)
+    sent_at = time.monotonic()
+    sender.send_group("wake", {"w": 1})
+    thread.join(10)
+    assert time.monotonic() - sent_at < 1.0
+    assert sorted(result[0]) == [(member, {"w": 1}) for member in sorted(members)]
+
+
+def test_receive_batch_at_most_once_with_many_reader_threads(make_layer: Any) -> None:
+    layer = make_layer(capacity=1000, receive_timeout=0.2)
+    members = [f"proc!m{i}" for i in range(200)]
+    for member in members:
+        layer.group_add("crowd", member)
+    for i in range(5):
+        layer.send_group("crowd", {"i": i})
+        layer.send("proc!m0", {"i": 100 + i})
+    received: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def read() -> None:
+        while True:
+            batch = layer.receive_batch(["proc!"], block=True, max_messages=16, max_records=2)
+            if not batch:
+                return
+            with lock:
+                received.extend((channel, message["i"]) for channel, message in batch)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    expected = [(m, i) for m in members for i in range(5)] + [
+        ("proc!m0", 100 + i) for i in range(5)
+    ]
+    assert Counter(received) == Counter(expected)
+
+
+def test_receive_batch_validates_names(layer: Any) -> None:
+    with pytest.raises(InvalidChannelName):
+        layer.receive_batch("proc!")
+    with pytest.raises(InvalidChannelName):
+        layer.receive_batch(["proc!abc"])
+    with pytest.raises(InvalidChannelName):
+        layer.receive_batch(["bad name"])
+    assert layer.receive_batch([]) == []
+
+
 def test_send_group_never_raises_channel_full(make_layer: Any) -> None:
     layer = make_layer(capacity=1)
     for member in ("full", "free", "full.proc!a", "free.proc!a"):

@@ -10,14 +10,17 @@ Threads and tasks in one process::
 
     uvicorn's event loop: one task per request or connection ──layer.send()──▶ layer
           ▲
-          │ loop.call_soon_threadsafe(deliver, channel, message)
+          │ loop.call_soon_threadsafe(_deliver, [(inbox, message, size), ...])
           │
-    the receive thread: layer.receive([prefix], block=True) ◀────────────────── layer
+    the receive thread: layer.receive_batch([prefix], block=True) ◀──────────── layer
 
 Every reply channel of the process is ``layer.new_channel(prefix)`` under one
 process-specific prefix ``wsgi_channels.interface.<128 random bits>!``, so a single
-blocking receive serves them all. Each connection owns a bounded inbox; a message for a
-reply channel that has no inbox (its connection is gone) is dropped silently.
+blocking receive serves them all. The thread takes messages in batches with the layer's
+``receive_batch`` extension (plain ``receive`` on a layer without it, such as an ASGI 1.0
+one), so that a group message for every connection of the process reaches the loop in
+one hand-off. Each connection owns a bounded inbox; a message for a reply channel that
+has no inbox (its connection is gone) is dropped silently.
 
 :func:`create_app` builds the application from ``WSGI_CHANNELS_*`` environment
 variables, for ``uvicorn --factory`` and for the worker processes of
@@ -237,6 +240,16 @@ STALL_TIMEOUT = 0.25
 before dropping the message (and so cutting the connection)."""
 
 
+RECEIVE_BATCH = 1024
+"""Most messages the receive thread takes from the layer (and hands to the loop) at once."""
+
+
+def _deliver(deliveries: list[tuple[_Inbox, Message, int]]) -> None:
+    """On the loop: put each message of a batch in its inbox, in the batch's order."""
+    for inbox, message, size in deliveries:
+        inbox.put(message, size)
+
+
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -449,10 +462,15 @@ class InterfaceServer:
         assert loop is not None  # set by start() before the thread starts
         channels = [self.prefix]
         inboxes = self._inboxes
+        receive_batch = getattr(self.layer, "receive_batch", None)
         delay = 0.0
         while not self._stopping.is_set():
             try:
-                channel, message = self.layer.receive(channels, block=True)
+                if receive_batch is not None:
+                    batch = receive_batch(channels, block=True, max_messages=RECEIVE_BATCH)
+                else:  # an ASGI 1.0 layer: one message per call
+                    channel, message = self.layer.receive(channels, block=True)
+                    batch = [] if channel is None or message is None else [(channel, message)]
             except LayerUnavailable as exc:
                 if not delay:
                     logger.warning("channel layer unavailable, retrying: %s", exc)
@@ -466,17 +484,27 @@ class InterfaceServer:
             if delay:
                 logger.warning("channel layer available again")
                 delay = 0.0
-            if channel is None or message is None:
-                continue
-            inbox = inboxes.get(channel)
-            if inbox is None or inbox.cut:
-                continue  # the connection is gone or being cut: drop the reply
-            size = _payload_size(message)
-            if inbox.over_bound(size):
-                self._wait_for_room(inbox, size)
-            inbox.handed_over(size)
+            # The whole batch (say a group message for 1,000 local connections) goes
+            # to the loop in one call_soon_threadsafe: one wake-up of the loop and one
+            # GIL hand-off instead of one per message.
+            deliveries: list[tuple[_Inbox, Message, int]] = []
             try:
-                loop.call_soon_threadsafe(inbox.put, message, size)
+                for channel, message in batch:
+                    inbox = inboxes.get(channel)
+                    if inbox is None or inbox.cut:
+                        continue  # the connection is gone or being cut: drop the reply
+                    size = _payload_size(message)
+                    if inbox.over_bound(size):
+                        # What is gathered must reach the loop first, or the wait
+                        # could be for room that only those messages' delivery makes.
+                        if deliveries:
+                            loop.call_soon_threadsafe(_deliver, deliveries)
+                            deliveries = []
+                        self._wait_for_room(inbox, size)
+                    inbox.handed_over(size)
+                    deliveries.append((inbox, message, size))
+                if deliveries:
+                    loop.call_soon_threadsafe(_deliver, deliveries)
             except RuntimeError:  # the loop is closed: the server is gone
                 return
 

@@ -30,6 +30,12 @@ process, capacity counts against ``name!``, and a group send writes one message 
 ``name!`` queue that holds members, which the receiving process expands to its local
 members (:meth:`BaseChannelLayer._expand_group`). That keeps the cost of a group send
 independent of the number of members.
+
+One extension beyond ASGI 1.0, for readers of many channels such as the interface
+server: ``layer.receive_batch(channels, block=False, max_messages=100)`` returns a list
+of ``(channel, message)`` pairs, among them every local member's message of a group send
+at once (:meth:`BaseChannelLayer.receive_batch`). Callers must keep working with layers
+that lack it (``getattr(layer, "receive_batch", None)``), falling back to ``receive``.
 """
 
 from __future__ import annotations
@@ -214,6 +220,19 @@ class Record(NamedTuple):
     group: str | None = None
 
 
+class _Expansion:
+    """One group message for this process, waiting to be handed to its local members
+    (``members[taken:]`` have not had it yet)."""
+
+    __slots__ = ("data", "expires", "members", "taken")
+
+    def __init__(self, expires: float, data: bytes, members: list[str]) -> None:
+        self.expires = expires
+        self.data = data
+        self.members = members
+        self.taken = 0
+
+
 class BaseChannelLayer:
     """Behaviour shared by the memory, SQLite and Redis layers.
 
@@ -255,9 +274,9 @@ class BaseChannelLayer:
         self.max_message_size = int(max_message_size)
         self.receive_timeout = float(receive_timeout)
         self._capacity_cache: dict[str, int] = {}
-        # Messages of a group send already expanded to this process's local members,
-        # waiting to be returned by receive(), per process queue: (expires, channel, data).
-        self._expanded: dict[str, collections.deque[tuple[float, str, bytes]]] = {}
+        # Group messages already expanded to this process's local members, waiting to
+        # be returned by receive(), in arrival order per process queue.
+        self._expanded: dict[str, collections.deque[_Expansion]] = {}
         self._expanded_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._messages_count = 0
@@ -365,30 +384,128 @@ class BaseChannelLayer:
                 return record.channel, decode_message(record.data)
             self._expand_group(record.group, record)
 
-    def _expand_group(self, group: str, record: Record) -> None:
-        """Turn one group message for this process into one message per local member."""
+    def receive_batch(
+        self,
+        channels: Iterable[str],
+        block: bool = False,
+        max_messages: int = 100,
+        max_records: int = 1,
+    ) -> list[tuple[str, Message]]:
+        """Take up to *max_messages* messages from *channels* at once, as a list of
+        ``(channel, message)`` pairs (an extension, not part of ASGI 1.0).
+
+        The batch holds, in this order, the messages of group sends already expanded
+        to this process's local members, then those of at most *max_records* records
+        taken from the backend's queues: a record is one message, or one group send
+        that becomes one message per local member. Only the first record may be
+        waited for (``block=True``, at most ``receive_timeout`` seconds, then ``[]``);
+        the others are taken only if they are there already. The generic
+        implementation takes each record with its own non-blocking pop (a round trip
+        on Redis, even when it finds nothing), so raise *max_records* only where a
+        backlog is expected.
+
+        Every rule of :meth:`receive` holds: each message is delivered once, to one
+        reader, in the order sent per channel (a batch lists one channel's messages
+        in that order; members of a group send not taken because the batch was full
+        come first in the next call), and expired messages are never returned. The
+        validation and fork check are done once per call, and a group message is
+        decoded once: each member gets its own dict, but values inside it (lists,
+        dicts, strings) are shared with the other members' copies in this batch, so
+        treat them as read-only.
+        """
+        self._check_fork()
+        names = self._receive_names(channels)
+        if max_messages < 1 or max_records < 1:
+            raise ValueError("max_messages and max_records must be at least 1")
+        batch: list[tuple[str, Message]] = []
+        if not names:
+            return batch
+        deadline = time.monotonic() + self.receive_timeout
+        if self._expanded:
+            self._take_expanded(names, batch, max_messages)
+        records = 0
+        # A record is taken only while the batch has room for at least its first
+        # message; what does not fit of a group send stays expanded for the next call,
+        # and nothing is taken after it, so each channel's order holds.
+        while len(batch) < max_messages and records < max_records:
+            record = self._pop(names, block and not batch, deadline)
+            if record is None:
+                break
+            if record.group is None:
+                batch.append((record.channel, decode_message(record.data)))
+            elif self._expand_group(record.group, record):
+                self._take_expanded(names, batch, max_messages)
+            else:
+                continue  # no local member any more: not a record of this batch
+            records += 1
+        return batch
+
+    def _expand_group(self, group: str, record: Record) -> bool:
+        """Turn one group message for this process into one message per local member;
+        False if there is no member."""
         members = self._local_members(group, record.channel)
         if not members:
-            return
-        expires = time.time() + self.expiry
+            return False
+        expansion = _Expansion(time.time() + self.expiry, record.data, members)
         with self._expanded_lock:
-            queue = self._expanded.setdefault(record.channel, collections.deque())
-            queue.extend((expires, member, record.data) for member in members)
+            self._expanded.setdefault(record.channel, collections.deque()).append(expansion)
+        return True
 
     def _pop_expanded(self, names: list[str]) -> tuple[str, Message] | None:
         if not self._expanded:
             return None
         now = time.time()
+        found: tuple[str, bytes] | None = None
         with self._expanded_lock:
             for name in names:
                 queue = self._expanded.get(name)
-                while queue:
-                    expires, channel, data = queue.popleft()
-                    if not queue:
-                        del self._expanded[name]
-                    if expires > now:
-                        return channel, decode_message(data)
-        return None
+                while queue and found is None:
+                    expansion = queue[0]
+                    if expansion.expires > now:
+                        found = expansion.members[expansion.taken], expansion.data
+                        expansion.taken += 1
+                        if expansion.taken < len(expansion.members):
+                            break
+                    queue.popleft()
+                if queue is not None and not queue:
+                    del self._expanded[name]
+                if found is not None:
+                    break
+        if found is None:
+            return None
+        return found[0], decode_message(found[1])
+
+    def _take_expanded(
+        self, names: list[str], batch: list[tuple[str, Message]], limit: int
+    ) -> None:
+        """Move expanded messages for *names* into *batch* until it holds *limit*."""
+        taken: list[tuple[bytes, list[str]]] = []
+        room = limit - len(batch)
+        now = time.time()
+        with self._expanded_lock:
+            for name in names:
+                queue = self._expanded.get(name)
+                while queue and room:
+                    expansion = queue[0]
+                    if expansion.expires > now:
+                        start = expansion.taken
+                        members = expansion.members[start : start + room]
+                        expansion.taken = start + len(members)
+                        room -= len(members)
+                        taken.append((expansion.data, members))
+                        if expansion.taken < len(expansion.members):
+                            break  # the batch is full
+                    queue.popleft()
+                if queue is not None and not queue:
+                    del self._expanded[name]
+                if not room:
+                    break
+        # Decoding outside the lock, once per group message; each member gets its own
+        # (shallow) copy so that one reader's changes to the dict stay its own.
+        for data, members in taken:
+            message = decode_message(data)
+            batch.append((members[0], message))
+            batch.extend((member, message.copy()) for member in members[1:])
 
     def send_group(self, group: str, message: Message) -> None:
         """Send *message* to every member of *group*.
