@@ -360,3 +360,82 @@ def test_origin_rules(
     patterns: tuple[str, ...], origin: str | None, host: str, expected: bool
 ) -> None:
     assert OriginRules(patterns).allowed(_headers(origin, host), "ws") is expected
+
+
+class Asgi10Layer:
+    """Only the ASGI 1.0 layer methods of a memory layer: no receive_batch."""
+
+    extensions = ["groups"]
+
+    def __init__(self) -> None:
+        from wsgi_channels.layers.memory import MemoryChannelLayer
+
+        self._layer = MemoryChannelLayer()
+
+    def send(self, channel: str, message: dict[str, object]) -> None:
+        self._layer.send(channel, message)
+
+    def receive(self, channels: list[str], block: bool = False) -> tuple[object, object]:
+        return self._layer.receive(channels, block)
+
+    def new_channel(self, pattern: str) -> str:
+        return self._layer.new_channel(pattern)
+
+    def group_add(self, group: str, channel: str) -> None:
+        self._layer.group_add(group, channel)
+
+    def group_discard(self, group: str, channel: str) -> None:
+        self._layer.group_discard(group, channel)
+
+    def send_group(self, group: str, message: dict[str, object]) -> None:
+        self._layer.send_group(group, message)
+
+
+def test_a_layer_without_receive_batch_still_serves_http_and_websockets() -> None:
+    import threading
+
+    import uvicorn
+    from apps import echo
+    from conftest import free_port, wait_for_port
+
+    from wsgi_channels.interface import InterfaceServer
+    from wsgi_channels.worker import Worker
+
+    layer = Asgi10Layer()
+    assert not hasattr(layer, "receive_batch")
+    port = free_port()
+    worker = Worker(echo, layer, threads=2)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            InterfaceServer(layer),  # type: ignore[arg-type]
+            host="127.0.0.1",
+            port=port,
+            ws="wsproto",
+            lifespan="on",
+            log_level="warning",
+        )
+    )
+    threads = [
+        threading.Thread(target=worker.serve, daemon=True),
+        threading.Thread(target=server.run, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for_port(port)
+        response = requests.get(f"http://127.0.0.1:{port}/echo?x=1", timeout=10)
+        assert response.status_code == 200
+
+        async def talk() -> list[object]:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/group?g=plain") as ws:
+                layer.send_group("plain", {"text": "to the group"})
+                first = await asyncio.wait_for(ws.recv(), 5)
+                await ws.send("echo me")
+                return [first, await asyncio.wait_for(ws.recv(), 5)]
+
+        assert run(talk()) == ["to the group", "echo me"]
+    finally:
+        server.should_exit = True
+        worker.stop()
+        for thread in threads:
+            thread.join(10)
