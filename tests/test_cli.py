@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,51 @@ def test_worker_serves_the_layer_of_a_django_setting(tmp_path: Path) -> None:
     finally:
         worker.terminate()
         assert worker.wait(15) == 0
+
+
+RELOAD_APP = """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [{body!r}]
+"""
+
+
+def test_run_reload_restarts_when_the_app_changes(tmp_path: Path) -> None:
+    source = tmp_path / "reloading.py"
+    source.write_text(RELOAD_APP.format(body=b"first"))
+    port = free_port()
+    env = child_env({"PYTHONPATH": str(tmp_path)})
+    server = subprocess.Popen(
+        cli_command(
+            "run",
+            "reloading:app",
+            "--reload",
+            "--layer",
+            "memory://",
+            "--bind",
+            f"127.0.0.1:{port}",
+        ),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=20)
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).content == b"first"
+        time.sleep(1.1)  # the stat reloader compares modification times
+        source.write_text(RELOAD_APP.format(body=b"second"))
+        deadline = time.monotonic() + 20
+        body = b""
+        while time.monotonic() < deadline and body != b"second":
+            with contextlib.suppress(requests.ConnectionError):  # while it restarts
+                body = requests.get(f"http://127.0.0.1:{port}/", timeout=2).content
+            time.sleep(0.2)
+        assert body == b"second"
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

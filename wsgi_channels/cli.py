@@ -382,6 +382,11 @@ def _serve(server: Any, sock: socket.socket) -> None:
     """
     import signal
 
+    if threading.current_thread() is not threading.main_thread():
+        # Under --reload, werkzeug's reloader owns the main thread (and the signals);
+        # uvicorn then leaves signals alone too.
+        server.run(sockets=[sock])
+        return
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
