@@ -93,6 +93,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
 # Threads that send to the layer when several requests are in flight (see _layer_send).
 SEND_THREADS = 4
+# Seconds after a LayerUnavailable during which no send is made from the event loop.
+LAYER_DOWN_BACKOFF = 5.0
 # A WebSocket frame travels inside one layer message together with the handshake's
 # headers; keep room for them under the layer's 1 MiB message limit.
 MAX_FRAME_SIZE = MAX_MESSAGE_SIZE - 64 * 1024
@@ -425,6 +427,8 @@ class InterfaceServer:
         self._executor: ThreadPoolExecutor | None = None
         # HTTP requests and WebSocket events this process is handling right now.
         self._active = 0
+        # Sends go through the pool until then (monotonic time): the layer was down.
+        self._direct_after = 0.0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -540,15 +544,22 @@ class InterfaceServer:
         other connections while the round trips overlap. (Always direct, a profile at
         16 concurrent requests showed 68 % of the loop's time blocked in Redis sends,
         capping the process at one request per round trip.) ``send_in_thread=True``
-        always uses the pool, for layers whose send can block for long.
+        always uses the pool, for layers whose send can block for long; so does every
+        send for a while after the layer was found unavailable, when a send may wait
+        for a connect timeout rather than a round trip.
         """
         executor = self._executor
-        if executor is None or (not self.send_in_thread and self._active <= 1):
-            self.layer.send(channel, message)
-        else:
-            await asyncio.get_running_loop().run_in_executor(
-                executor, self.layer.send, channel, message
-            )
+        direct = not self.send_in_thread and self._active <= 1
+        try:
+            if executor is None or (direct and time.monotonic() >= self._direct_after):
+                self.layer.send(channel, message)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    executor, self.layer.send, channel, message
+                )
+        except LayerUnavailable:
+            self._direct_after = time.monotonic() + LAYER_DOWN_BACKOFF
+            raise
 
     async def _send_when_room(self, channel: str, message: Message, deadline: float) -> None:
         """Send, retrying on ChannelFull with a growing pause until *deadline*
