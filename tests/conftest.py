@@ -115,15 +115,19 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the session; tests flush it through ``redis_url``."""
+def _started_redis() -> Iterator[RedisServer]:
     if REDIS_SERVER is None:
         pytest.skip("no redis-server binary on PATH (apt-get install redis-server)")
     server = RedisServer()
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session; tests flush it through ``redis_url``."""
+    yield from _started_redis()
 
 
 @pytest.fixture
@@ -151,12 +155,7 @@ def redis_shards() -> Iterator[list[RedisServer]]:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server for this test alone, which the test may stop and restart."""
-    if REDIS_SERVER is None:
-        pytest.skip("no redis-server binary on PATH (apt-get install redis-server)")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
+    yield from _started_redis()
 
 
 @pytest.fixture

@@ -217,12 +217,6 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}{where}"
 
 
-def _shown(url: str) -> str:
-    # mask_url re-assembles the URL with urlunsplit, which turns sqlite://// (an
-    # absolute path) into sqlite:// (reported); only URLs with a secret need it.
-    return mask_url(url) if "@" in url or "password" in url else url
-
-
 def open_layer(url: str | None) -> BaseChannelLayer:
     """The layer named by *url*, else by a Django project's ``WSGI_CHANNELS_LAYER``
     setting (readable once APP has been loaded), else the default; checked to be
@@ -234,7 +228,7 @@ def open_layer(url: str | None) -> BaseChannelLayer:
         layer = layer_from_url(url)
         layer.channel_statistics("http.request")  # a cheap call that needs the server
     except LayerUnavailable as exc:
-        _fail(f"channel layer {_shown(url)} is unreachable: {exc}")
+        _fail(f"channel layer {mask_url(url)} is unreachable: {exc}")
     except ChannelsError as exc:
         _fail(str(exc))
     return layer
@@ -636,7 +630,7 @@ def stats(layer_url: str | None) -> None:
         _fail(str(exc))
     finally:
         layer.close()
-    click.echo(f"layer: {_shown(url)}")
+    click.echo(f"layer: {mask_url(url)}")
     click.echo("")
     click.echo(_table(("channel", "pending", "capacity"), rows, "(no messages waiting)"))
     click.echo("")

@@ -368,21 +368,8 @@ class BaseChannelLayer:
         shutdown. Each message is delivered once, to one reader, in the order sent per
         channel; expired messages are never returned.
         """
-        self._check_fork()
-        names = self._receive_names(channels)
-        if not names:
-            return None, None
-        deadline = time.monotonic() + self.receive_timeout
-        while True:
-            local = self._pop_expanded(names)
-            if local is not None:
-                return local
-            record = self._pop(names, block, deadline)
-            if record is None:
-                return None, None
-            if record.group is None:
-                return record.channel, decode_message(record.data)
-            self._expand_group(record.group, record)
+        batch = self.receive_batch(channels, block, max_messages=1)
+        return batch[0] if batch else (None, None)
 
     def receive_batch(
         self,
@@ -450,30 +437,6 @@ class BaseChannelLayer:
         with self._expanded_lock:
             self._expanded.setdefault(record.channel, collections.deque()).append(expansion)
         return True
-
-    def _pop_expanded(self, names: list[str]) -> tuple[str, Message] | None:
-        if not self._expanded:
-            return None
-        now = time.time()
-        found: tuple[str, bytes] | None = None
-        with self._expanded_lock:
-            for name in names:
-                queue = self._expanded.get(name)
-                while queue and found is None:
-                    expansion = queue[0]
-                    if expansion.expires > now:
-                        found = expansion.members[expansion.taken], expansion.data
-                        expansion.taken += 1
-                        if expansion.taken < len(expansion.members):
-                            break
-                    queue.popleft()
-                if queue is not None and not queue:
-                    del self._expanded[name]
-                if found is not None:
-                    break
-        if found is None:
-            return None
-        return found[0], decode_message(found[1])
 
     def _take_expanded(
         self, names: list[str], batch: list[tuple[str, Message]], limit: int
