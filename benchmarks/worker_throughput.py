@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flask import Flask
 
-from wsgi_channels.adapter import DEADLINE_KEY, EXT_KEY
 from wsgi_channels.layers.memory import MemoryChannelLayer
+from wsgi_channels.protocol import DEADLINE_KEY, EXT_KEY
 from wsgi_channels.worker import Worker
 
 

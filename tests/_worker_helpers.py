@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsgi_channels.adapter import DEADLINE_KEY, DONE_KEY, EXT_KEY
+from wsgi_channels.protocol import DEADLINE_KEY, DONE_KEY, EXT_KEY
 from wsgi_channels.worker import Worker
 
 # -- shared state the in-process apps report to -------------------------------------

@@ -10,7 +10,6 @@ from wsgiref.validate import validator
 import pytest
 
 from wsgi_channels.adapter import (
-    CONTROL_KEY,
     MAX_CHUNK_SIZE,
     FileWrapper,
     InvalidResponse,
@@ -20,6 +19,7 @@ from wsgi_channels.adapter import (
     websocket_environ,
     websocket_replies,
 )
+from wsgi_channels.protocol import CONTROL_KEY
 
 
 def message(**overrides: Any) -> dict[str, Any]:

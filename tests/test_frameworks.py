@@ -21,8 +21,8 @@ from _worker_helpers import (
     ws_message,
 )
 
-from wsgi_channels.adapter import DONE_KEY
 from wsgi_channels.layers.memory import MemoryChannelLayer
+from wsgi_channels.protocol import DONE_KEY
 
 
 class Browser:

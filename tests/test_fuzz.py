@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from servers import InterfaceProcess, Stack, WorkerProcess
 
 from wsgi_channels import InvalidChannelName, MessageTooLarge
-from wsgi_channels.adapter import DEADLINE_KEY, EXT_KEY
-from wsgi_channels.interface import MAX_FRAME_SIZE, MAX_HEAD_SIZE, MAX_HEADER_COUNT
+from wsgi_channels.interface import MAX_HEAD_SIZE, MAX_HEADER_COUNT
 from wsgi_channels.layers import layer_from_url
 from wsgi_channels.layers.base import MAX_MESSAGE_SIZE
+from wsgi_channels.protocol import DEADLINE_KEY, EXT_KEY, MAX_FRAME_SIZE
 
 pytestmark = [needs_redis]
 

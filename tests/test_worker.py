@@ -30,9 +30,9 @@ from _worker_helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsgi_channels.adapter import CONTROL_KEY, DEADLINE_KEY, DONE_KEY, EXT_KEY
 from wsgi_channels.layers import layer_from_url
 from wsgi_channels.layers.memory import MemoryChannelLayer
+from wsgi_channels.protocol import CONTROL_KEY, DEADLINE_KEY, DONE_KEY, EXT_KEY
 from wsgi_channels.worker import Worker
 
 

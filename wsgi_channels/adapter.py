@@ -12,8 +12,7 @@ Three pieces, each testable without a layer, a thread or a socket:
 * :func:`websocket_replies` maps the response to a WebSocket event onto
   ``accept`` / ``text`` / ``bytes`` / ``close`` replies.
 
-The ``wsgi_channels.*`` constants below are shared with the interface server and
-documented in docs/protocol.md.
+The ``wsgi_channels.*`` keys and limits come from :mod:`wsgi_channels.protocol`.
 """
 
 from __future__ import annotations
@@ -25,19 +24,7 @@ from types import TracebackType
 from typing import IO, Any, Literal, Protocol, TypedDict
 
 from .layers.base import ChannelsError
-
-EXT_KEY = "wsgi_channels.ext"
-DEADLINE_KEY = "wsgi_channels.deadline"
-CONTROL_KEY = "wsgi_channels.control"
-DONE_KEY = "wsgi_channels.done"
-SUBPROTOCOL_KEY = "wsgi_channels.subprotocol"
-DISCONNECT_TYPE = "http.disconnect"
-
-INTERFACE_PREFIX = "wsgi_channels.interface."
-WORKER_PREFIX = "wsgi_channels.worker."
-BODY_CHANNEL_PATTERN = "http.request.body?"
-INLINE_BODY_LIMIT = 256 * 1024
-BODY_CHUNK_SIZE = 256 * 1024
+from .protocol import MAX_CHUNK_SIZE
 
 #: environ keys set by the adapter, beside PEP 3333's.
 ENV_REPLY_CHANNEL = "wsgi_channels.reply_channel"
@@ -45,41 +32,10 @@ ENV_LAYER = "wsgi_channels.layer"
 ENV_WEBSOCKET = "wsgi_channels.websocket"
 ENV_WEBSOCKET_CODE = "wsgi_channels.websocket.code"
 
-#: Largest ``content`` of one reply message. Layers refuse messages over 1 MiB
-#: encoded; 256 KiB leaves room for the headers and keeps per-message latency low.
-MAX_CHUNK_SIZE = 256 * 1024
 #: Items of a list or tuple body (all available at once) are merged up to this size.
 COALESCE_SIZE = 64 * 1024
-#: Largest WebSocket frame a response may produce (it travels as one message).
-MAX_FRAME_SIZE = 1000 * 1024
-
-HTTP_CHANNELS = ("http.request",)
-WEBSOCKET_EVENTS: dict[str, Literal["connect", "receive", "disconnect"]] = {
-    "websocket.connect": "connect",
-    "websocket.receive": "receive",
-    "websocket.disconnect": "disconnect",
-}
-DEFAULT_CHANNELS = (
-    "http.request",
-    "websocket.connect",
-    "websocket.receive",
-    "websocket.disconnect",
-)
 
 __all__ = [
-    "BODY_CHANNEL_PATTERN",
-    "BODY_CHUNK_SIZE",
-    "CONTROL_KEY",
-    "DEADLINE_KEY",
-    "DEFAULT_CHANNELS",
-    "DISCONNECT_TYPE",
-    "DONE_KEY",
-    "EXT_KEY",
-    "INLINE_BODY_LIMIT",
-    "INTERFACE_PREFIX",
-    "MAX_CHUNK_SIZE",
-    "SUBPROTOCOL_KEY",
-    "WORKER_PREFIX",
     "FileWrapper",
     "HTTPRequestMessage",
     "InvalidResponse",

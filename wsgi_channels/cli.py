@@ -251,7 +251,8 @@ def _uvicorn_options() -> dict[str, Any]:
     The access log is the worker's (one line per request, SPEC.md §5), so uvicorn's is
     off: it would double the lines and cost every request a logging call.
     """
-    from .interface import MAX_FRAME_SIZE, BoundedHttpToolsProtocol, GoingAwayWSProtocol
+    from .interface import BoundedHttpToolsProtocol, GoingAwayWSProtocol
+    from .protocol import MAX_FRAME_SIZE
 
     options: dict[str, Any] = {
         "http": BoundedHttpToolsProtocol,

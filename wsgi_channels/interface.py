@@ -48,7 +48,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from wsproto.events import CloseConnection
 
-from .adapter import (
+from .layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
+from .layers.base import (
+    BaseChannelLayer,
+    ChannelFull,
+    ChannelsError,
+    ConfigurationError,
+    LayerUnavailable,
+    MessageTooLarge,
+)
+from .protocol import (
     BODY_CHANNEL_PATTERN,
     BODY_CHUNK_SIZE,
     CONTROL_KEY,
@@ -59,16 +68,6 @@ from .adapter import (
     INLINE_BODY_LIMIT,
     INTERFACE_PREFIX,
     SUBPROTOCOL_KEY,
-)
-from .layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
-from .layers.base import (
-    MAX_MESSAGE_SIZE,
-    BaseChannelLayer,
-    ChannelFull,
-    ChannelsError,
-    ConfigurationError,
-    LayerUnavailable,
-    MessageTooLarge,
 )
 
 __all__ = [
@@ -95,9 +94,6 @@ DEFAULT_MAX_BODY = 100 * 1024 * 1024
 SEND_THREADS = 4
 # Seconds after a LayerUnavailable during which no send is made from the event loop.
 LAYER_DOWN_BACKOFF = 5.0
-# A WebSocket frame travels inside one layer message together with the handshake's
-# headers; keep room for them under the layer's 1 MiB message limit.
-MAX_FRAME_SIZE = MAX_MESSAGE_SIZE - 64 * 1024
 
 
 class _Event(enum.Enum):

@@ -38,7 +38,10 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .adapter import (
+from .layers import set_default_layer
+from .layers.base import ChannelFull, Message
+from .layers.memory import MemoryChannelLayer
+from .protocol import (
     BODY_CHANNEL_PATTERN,
     BODY_CHUNK_SIZE,
     CONTROL_KEY,
@@ -48,9 +51,6 @@ from .adapter import (
     EXT_KEY,
     INLINE_BODY_LIMIT,
 )
-from .layers import set_default_layer
-from .layers.base import ChannelFull, Message
-from .layers.memory import MemoryChannelLayer
 
 try:
     with warnings.catch_warnings():

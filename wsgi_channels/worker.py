@@ -41,16 +41,6 @@ from types import FrameType
 from typing import Any, Literal, Protocol
 
 from .adapter import (
-    CONTROL_KEY,
-    DEADLINE_KEY,
-    DEFAULT_CHANNELS,
-    DISCONNECT_TYPE,
-    DONE_KEY,
-    EXT_KEY,
-    MAX_FRAME_SIZE,
-    SUBPROTOCOL_KEY,
-    WEBSOCKET_EVENTS,
-    WORKER_PREFIX,
     InvalidResponse,
     MalformedMessage,
     ResponseTranslator,
@@ -61,6 +51,18 @@ from .adapter import (
     websocket_replies,
 )
 from .layers.base import ChannelFull, ChannelsError, ConfigurationError, MessageTooLarge
+from .protocol import (
+    CONTROL_KEY,
+    DEADLINE_KEY,
+    DEFAULT_CHANNELS,
+    DISCONNECT_TYPE,
+    DONE_KEY,
+    EXT_KEY,
+    MAX_FRAME_SIZE,
+    SUBPROTOCOL_KEY,
+    WEBSOCKET_EVENTS,
+    WORKER_PREFIX,
+)
 
 __all__ = ["BodyIncomplete", "BodyStream", "Worker"]
 
