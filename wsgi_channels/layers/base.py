@@ -47,7 +47,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import msgpack
@@ -283,6 +283,10 @@ class BaseChannelLayer:
         self._channel_full_count = 0
         self._group_full_count = 0
         self._pid = os.getpid()
+        # Process queues (``name!``) read by an asyncio face of this very process:
+        # a send to one of their channels is handed over without the layer's round
+        # trip (see AsyncFace.listen). Keyed by prefix, values take (channel, message).
+        self._local_sinks: dict[str, Callable[[str, Message], None]] = {}
 
     # -- names and limits ---------------------------------------------------------
 
@@ -333,6 +337,7 @@ class BaseChannelLayer:
             self._expanded = {}
             self._expanded_lock = threading.Lock()
             self._stats_lock = threading.Lock()
+            self._local_sinks = {}
             self._after_fork()
 
     def _after_fork(self) -> None:
@@ -351,12 +356,63 @@ class BaseChannelLayer:
         if channel.endswith(("!", "?")):
             raise InvalidChannelName(f"cannot send to {channel!r}: it has no local part")
         data = self._encode(message)
+        if self._local_sinks:
+            sink = self._local_sinks.get(non_local_name(channel))
+            if sink is not None:
+                # Read by this process: no round trip. Decoding the encoding keeps
+                # the rule that a message arrives as the wire format carries it.
+                sink(channel, decode_message(data))
+                with self._stats_lock:
+                    self._messages_count += 1
+                return
         if not self._push(channel, data, time.time() + self.expiry):
             with self._stats_lock:
                 self._channel_full_count += 1
             raise ChannelFull(f"channel {channel!r} is full ({self.get_capacity(channel)})")
         with self._stats_lock:
             self._messages_count += 1
+
+    def send_many(self, items: Iterable[tuple[str, Message]]) -> list[ChannelsError | None]:
+        """Send several messages, in one round trip per server where the backend can;
+        returns, per message in order, None if it was sent or the error that refused
+        it (ChannelFull, MessageTooLarge, ...). A message refused does not stop the
+        others; a server that is down refuses all of its messages (LayerUnavailable).
+        Messages to one channel keep their order."""
+        self._check_fork()
+        results: list[ChannelsError | None] = []
+        pushes: list[tuple[int, str, bytes]] = []
+        expires = time.time() + self.expiry
+        for channel, message in items:
+            results.append(None)
+            try:
+                validate_channel_name(channel)
+                if channel.endswith(("!", "?")):
+                    raise InvalidChannelName(f"cannot send to {channel!r}: it has no local part")
+                data = self._encode(message)
+            except ChannelsError as exc:
+                results[-1] = exc
+                continue
+            sink = self._local_sinks.get(non_local_name(channel)) if self._local_sinks else None
+            if sink is not None:
+                sink(channel, decode_message(data))
+                continue
+            pushes.append((len(results) - 1, channel, data))
+        if pushes:
+            outcomes = self._push_many([(c, d, expires) for _i, c, d in pushes])
+            for (index, channel, _data), outcome in zip(pushes, outcomes, strict=True):
+                if outcome is True:
+                    continue
+                results[index] = (
+                    outcome
+                    if isinstance(outcome, ChannelsError)
+                    else ChannelFull(f"channel {channel!r} is full ({self.get_capacity(channel)})")
+                )
+        sent = sum(r is None for r in results)
+        full = sum(isinstance(r, ChannelFull) for r in results)
+        with self._stats_lock:
+            self._messages_count += sent
+            self._channel_full_count += full
+        return results
 
     def receive(
         self, channels: Iterable[str], block: bool = False
@@ -400,32 +456,87 @@ class BaseChannelLayer:
         dicts, strings) are shared with the other members' copies in this batch, so
         treat them as read-only.
         """
+        batch: list[tuple[str, Message]] = []
+        for members, message in self.receive_entries(
+            channels, block, max_messages=max_messages, max_records=max_records
+        ):
+            batch.append((members[0], message))
+            batch.extend((member, message.copy()) for member in members[1:])
+        return batch
+
+    def receive_entries(
+        self,
+        channels: Iterable[str],
+        block: bool = False,
+        max_messages: int = 100,
+        max_records: int = 1,
+    ) -> list[tuple[list[str], Message]]:
+        """:meth:`receive_batch`, with each group message once: a list of
+        ``(channels, message)`` where *channels* are the local members it is for (one
+        channel for a plain message). For readers that deliver one message to many
+        members at once, such as the interface server's fan-out. *max_messages*
+        counts members."""
         self._check_fork()
         names = self._receive_names(channels)
         if max_messages < 1 or max_records < 1:
             raise ValueError("max_messages and max_records must be at least 1")
-        batch: list[tuple[str, Message]] = []
+        entries: list[tuple[list[str], Message]] = []
         if not names:
-            return batch
+            return entries
         deadline = time.monotonic() + self.receive_timeout
+        room = max_messages
         if self._expanded:
-            self._take_expanded(names, batch, max_messages)
+            room = self._take_expanded(names, entries, room)
         records = 0
         # A record is taken only while the batch has room for at least its first
         # message; what does not fit of a group send stays expanded for the next call,
         # and nothing is taken after it, so each channel's order holds.
-        while len(batch) < max_messages and records < max_records:
-            record = self._pop(names, block and not batch, deadline)
-            if record is None:
+        while room > 0 and records < max_records:
+            want = min(max_records - records, room)
+            popped = self._pop_many(names, block and not entries, deadline, want)
+            if not popped:
                 break
-            if record.group is None:
-                batch.append((record.channel, decode_message(record.data)))
-            elif self._expand_group(record.group, record):
-                self._take_expanded(names, batch, max_messages)
-            else:
-                continue  # no local member any more: not a record of this batch
-            records += 1
-        return batch
+            for index, record in enumerate(popped):
+                if room <= 0:
+                    # Taken from the backend but no room: they wait, in order, behind
+                    # what is left of the group send before them.
+                    self._hold(popped[index:])
+                    break
+                records += 1
+                if record.group is None:
+                    entries.append(([record.channel], decode_message(record.data)))
+                    room -= 1
+                elif self._expand_group(record.group, record):
+                    room = self._take_expanded(names, entries, room)
+            if len(popped) < want:
+                break
+        return entries
+
+    def _hold(self, records: list[Record]) -> None:
+        """Keep records popped beyond a batch's room for the next call, in order."""
+        for record in records:
+            if record.group is not None:
+                self._expand_group(record.group, record)
+                continue
+            expansion = _Expansion(time.time() + self.expiry, record.data, [record.channel])
+            with self._expanded_lock:
+                queue = self._expanded.setdefault(
+                    non_local_name(record.channel), collections.deque()
+                )
+                queue.append(expansion)
+
+    def _pop_many(self, names: list[str], block: bool, deadline: float, count: int) -> list[Record]:
+        """Up to *count* records, the first waited for if *block*, the others taken
+        only if they are there already. Backends that can take several in one round
+        trip override this; the default pops them one by one."""
+        records: list[Record] = []
+        record = self._pop(names, block, deadline)
+        while record is not None:
+            records.append(record)
+            if len(records) >= count:
+                break
+            record = self._pop(names, False, deadline)
+        return records
 
     def _expand_group(self, group: str, record: Record) -> bool:
         """Turn one group message for this process into one message per local member;
@@ -439,16 +550,16 @@ class BaseChannelLayer:
         return True
 
     def _take_expanded(
-        self, names: list[str], batch: list[tuple[str, Message]], limit: int
-    ) -> None:
-        """Move expanded messages for *names* into *batch* until it holds *limit*."""
+        self, names: list[str], entries: list[tuple[list[str], Message]], room: int
+    ) -> int:
+        """Move expanded messages for *names* into *entries*, at most *room* members;
+        returns the room left."""
         taken: list[tuple[bytes, list[str]]] = []
-        room = limit - len(batch)
         now = time.time()
         with self._expanded_lock:
             for name in names:
                 queue = self._expanded.get(name)
-                while queue and room:
+                while queue and room > 0:
                     expansion = queue[0]
                     if expansion.expires > now:
                         start = expansion.taken
@@ -461,14 +572,12 @@ class BaseChannelLayer:
                     queue.popleft()
                 if queue is not None and not queue:
                     del self._expanded[name]
-                if not room:
+                if room <= 0:
                     break
-        # Decoding outside the lock, once per group message; each member gets its own
-        # (shallow) copy so that one reader's changes to the dict stay its own.
+        # Decoding outside the lock, once per group message.
         for data, members in taken:
-            message = decode_message(data)
-            batch.append((members[0], message))
-            batch.extend((member, message.copy()) for member in members[1:])
+            entries.append((members, decode_message(data)))
+        return room
 
     def send_group(self, group: str, message: Message) -> None:
         """Send *message* to every member of *group*.
@@ -554,6 +663,17 @@ class BaseChannelLayer:
     def _push(self, channel: str, data: bytes, expires: float) -> bool:
         """Append to the queue of *channel*; False if it is full."""
         raise NotImplementedError
+
+    def _push_many(self, items: list[tuple[str, bytes, float]]) -> list[bool | ChannelsError]:
+        """Append each ``(channel, data, expires)``; per item True, False if full, or
+        the error that refused it. Backends that can share a round trip override this."""
+        results: list[bool | ChannelsError] = []
+        for channel, data, expires in items:
+            try:
+                results.append(self._push(channel, data, expires))
+            except ChannelsError as exc:
+                results.append(exc)
+        return results
 
     def _pop(self, names: list[str], block: bool, deadline: float) -> Record | None:
         """Remove and return the oldest unexpired record of any queue in *names*

@@ -10,8 +10,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from .aio import PollingFace
 from .base import BaseChannelLayer, Record, non_local_name
 
 __all__ = ["MemoryChannelLayer"]
@@ -28,9 +30,32 @@ class MemoryChannelLayer(BaseChannelLayer):
         self._queues: dict[str, collections.deque[_Entry]] = {}
         self._groups: dict[str, dict[str, float]] = {}
         self._condition = threading.Condition()
+        self._watchers: list[Callable[[], None]] = []
 
     def _after_fork(self) -> None:
         self._condition = threading.Condition()
+        self._watchers = []
+
+    def async_face(self) -> PollingFace:
+        """The asyncio face: operations run on the loop; a send wakes the receive task."""
+        return PollingFace(self)
+
+    def _watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        with self._condition:
+            self._watchers.append(wake)
+
+        def unwatch() -> None:
+            with self._condition:
+                if wake in self._watchers:
+                    self._watchers.remove(wake)
+
+        return unwatch
+
+    def _notify(self) -> None:
+        """With the condition held: wake blocked receivers and asyncio faces."""
+        self._condition.notify_all()
+        for wake in self._watchers:
+            wake()
 
     def _live_queue(self, queue: str, now: float) -> collections.deque[_Entry]:
         entries = self._queues.setdefault(queue, collections.deque())
@@ -45,7 +70,7 @@ class MemoryChannelLayer(BaseChannelLayer):
             if len(entries) >= self.get_capacity(queue):
                 return False
             entries.append((expires, channel, data, None))
-            self._condition.notify_all()
+            self._notify()
         return True
 
     def _pop(self, names: list[str], block: bool, deadline: float) -> Record | None:
@@ -90,7 +115,7 @@ class MemoryChannelLayer(BaseChannelLayer):
                     skipped += 1
                     continue
                 entries.append((expires, queue, data, member_group))
-            self._condition.notify_all()
+            self._notify()
         return skipped
 
     def _local_members(self, group: str, prefix: str) -> list[str]:

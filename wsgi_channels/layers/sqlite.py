@@ -25,6 +25,7 @@ directory listing) costs at most one fallback interval, never a message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import functools
@@ -44,8 +45,10 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
+from .aio import PollingFace
 from .base import (
     BaseChannelLayer,
+    ChannelsError,
     ConfigurationError,
     LayerUnavailable,
     Record,
@@ -390,7 +393,69 @@ class SQLiteChannelLayer(BaseChannelLayer):
             except OSError:
                 pass  # e.g. another user's socket: it falls back to polling
 
+    # -- the asyncio face --------------------------------------------------------------
+
+    def async_face(self) -> PollingFace:
+        """The asyncio face: statements run on the loop (each is short and local), the
+        sends of one loop turn in one transaction, and the receive task is woken by a
+        wake-up socket of its own that the loop watches."""
+        return PollingFace(self)
+
+    @property
+    def _watch_fallback(self) -> float:
+        return self.wake_fallback
+
+    def _watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        loop = asyncio.get_running_loop()
+        waiter: _Waiter | None = None
+        if self._wake_dir is not None:
+            try:
+                os.makedirs(self._wake_dir, exist_ok=True)
+                waiter = _Waiter(self._wake_dir)
+            except OSError:
+                waiter = None  # the receive task polls every wake_fallback instead
+        if waiter is None:
+            return lambda: None
+        with self._lock:
+            self._waiters.append(waiter)
+        fd = waiter.sock.fileno()
+
+        def readable() -> None:
+            waiter.drain()
+            wake()
+
+        loop.add_reader(fd, readable)
+
+        def unwatch() -> None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(fd)
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            waiter.close(unlink=True)
+
+        return unwatch
+
     # -- storage hooks ---------------------------------------------------------------
+
+    @_layer_errors
+    def _push_many(self, items: list[tuple[str, bytes, float]]) -> list[bool | ChannelsError]:
+        conn = self._conn()
+        now = time.time()
+        results: list[bool | ChannelsError] = []
+        # One transaction: one commit (and one wake-up round) for the whole burst.
+        with self._transaction(conn):
+            for channel, data, expires in items:
+                queue = non_local_name(channel)
+                cursor = conn.execute(
+                    self._sql.push,
+                    (queue, channel, expires, data, queue, now, self.get_capacity(queue)),
+                )
+                results.append(cursor.rowcount == 1)
+        if any(results):
+            self._wake()
+            self._count_write(conn, now)
+        return results
 
     @_layer_errors
     def _push(self, channel: str, data: bytes, expires: float) -> bool:

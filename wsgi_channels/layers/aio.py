@@ -1,0 +1,314 @@
+"""The asyncio face of a channel layer, for the interface server's event loop.
+
+``face = layer.async_face()`` (called on the running loop) returns an object with::
+
+    await face.send(channel, message)     # the same errors as layer.send()
+    face.listen(names, deliver)           # drain queues; deliver(entries) on the loop
+    await face.aclose()
+
+No call blocks the loop on a server, and no thread stands between the loop and the
+layer. Two costs are paid once per burst, not once per message:
+
+* **sends**: every ``send`` issued in one turn of the loop is queued, and the queue
+  goes to the layer in one round trip per server when the loop comes round
+  (``call_soon``), never later: nothing waits for a batch to fill. While a round trip
+  is in flight, what is sent meanwhile gathers for the next one.
+* **receives**: :meth:`AsyncFace.listen` runs one task that takes up to
+  ``max_messages`` messages per round trip and hands them to *deliver* as a list of
+  ``(channels, message)`` entries: a group message comes once, with the list of local
+  members it is for, so that the caller can encode it once for all of them.
+
+A send to a channel under a prefix that this face listens on skips the layer
+altogether: the message is handed straight to *deliver* (after the same encoding check
+as any send). That is how ``wsgi-channels run``'s worker replies to its own interface.
+
+Backends choose their face: Redis talks to the server with redis.asyncio
+(:mod:`wsgi_channels.layers.redis`); the memory and SQLite layers, whose operations are
+local and short, run them on the loop and are woken by the backend
+(:class:`PollingFace`); any other layer (an ASGI 1.0 one) gets :class:`ThreadedFace`,
+which keeps a thread for the blocking receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .base import (
+    ChannelFull,
+    ChannelsError,
+    InvalidChannelName,
+    LayerUnavailable,
+    Message,
+    decode_message,
+    non_local_name,
+    validate_channel_name,
+)
+
+if TYPE_CHECKING:
+    from .base import BaseChannelLayer
+
+__all__ = ["AsyncFace", "Deliver", "Entry", "PollingFace", "ThreadedFace", "async_face"]
+
+log = logging.getLogger("wsgi_channels.layers")
+
+#: ``(channels, message)``: one message for each of *channels* (several for a group
+#: message expanded to local members; treat the message as read-only).
+Entry = tuple[list[str], Message]
+Deliver = Callable[[list[Entry]], None]
+# (channel, data, expires) -> True sent, False full, or the error that refused it
+_Item = tuple[str, bytes, float]
+_Outcome = bool | ChannelsError
+
+#: Most messages one receive round trip takes.
+MAX_BATCH = 1024
+
+
+def async_face(layer: Any) -> AsyncFace:
+    """The asyncio face of *layer* on the running loop: the layer's own when it has
+    one (``layer.async_face()``), else a :class:`ThreadedFace`."""
+    make = getattr(layer, "async_face", None)
+    if make is not None:
+        face: AsyncFace = make()
+        return face
+    return ThreadedFace(layer)
+
+
+class AsyncFace:
+    """What every face shares: validation, the local hand-over and send batching.
+
+    Subclasses implement :meth:`_flush` (one round trip per server for a list of
+    encoded messages) and :meth:`_drain` (the receive loop)."""
+
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self.layer = layer
+        self.loop = asyncio.get_running_loop()
+        self._pending: list[tuple[_Item, asyncio.Future[_Outcome]]] = []
+        self._scheduled = False
+        self._flushing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._prefixes: list[str] = []
+        self._deliver: Deliver | None = None
+        self._thread_id = threading.get_ident()
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def send(self, channel: str, message: Message) -> None:
+        """Send *message* on *channel*; raises what ``layer.send`` raises."""
+        layer = self.layer
+        layer._check_fork()
+        validate_channel_name(channel)
+        if channel.endswith(("!", "?")):
+            raise InvalidChannelName(f"cannot send to {channel!r}: it has no local part")
+        data = layer._encode(message)
+        if layer._local_sinks:
+            sink = layer._local_sinks.get(non_local_name(channel))
+            if sink is not None:
+                sink(channel, decode_message(data))
+                return
+        future: asyncio.Future[_Outcome] = self.loop.create_future()
+        self._pending.append(((channel, data, time.time() + layer.expiry), future))
+        if not self._scheduled and not self._flushing:
+            self._scheduled = True
+            self.loop.call_soon(self._start_flush)
+        outcome = await future
+        if outcome is True:
+            with layer._stats_lock:
+                layer._messages_count += 1
+            return
+        if outcome is False:
+            with layer._stats_lock:
+                layer._channel_full_count += 1
+            raise ChannelFull(f"channel {channel!r} is full ({layer.get_capacity(channel)})")
+        raise outcome
+
+    def _start_flush(self) -> None:
+        self._scheduled = False
+        if self._flushing or not self._pending:
+            return
+        self._flushing = True
+        task = self.loop.create_task(self._flush_all())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush_all(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    outcomes: Sequence[_Outcome] = await self._flush([item for item, _ in batch])
+                except ChannelsError as exc:
+                    outcomes = [exc] * len(batch)
+                except Exception as exc:  # a bug: fail the sends rather than hang them
+                    log.exception("sending to the channel layer failed")
+                    outcomes = [LayerUnavailable(f"send failed: {exc!r}")] * len(batch)
+                for (_item, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            self._flushing = False
+
+    async def _flush(self, items: list[_Item]) -> Sequence[_Outcome]:
+        raise NotImplementedError
+
+    # -- receiving --------------------------------------------------------------------
+
+    def listen(self, names: list[str], deliver: Deliver, *, max_messages: int = MAX_BATCH) -> None:
+        """Drain *names* (``name!`` prefixes of this process, or other channels) until
+        :meth:`aclose`, calling *deliver* on the loop with each batch. Sends from this
+        process to channels under a listened prefix are delivered without the layer."""
+        self._deliver = deliver
+        for name in names:
+            validate_channel_name(name, receive=True)
+            if name.endswith("!"):
+                self._prefixes.append(name)
+                self.layer._local_sinks[name] = self._local_sink
+        task = self.loop.create_task(self._drain(list(names), deliver, max_messages))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _local_sink(self, channel: str, message: Message) -> None:
+        deliver = self._deliver
+        if deliver is None:
+            return
+        if threading.get_ident() == self._thread_id:
+            deliver([([channel], message)])
+        else:
+            # A closed loop: the server is gone, and its inboxes with it.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(deliver, [([channel], message)])
+
+    async def _drain(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Stop listening; sends still pending fail with LayerUnavailable."""
+        for prefix in self._prefixes:
+            if self.layer._local_sinks.get(prefix) == self._local_sink:
+                del self.layer._local_sinks[prefix]
+        self._prefixes = []
+        self._deliver = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for _item, future in self._pending:
+            if not future.done():
+                future.set_result(LayerUnavailable("the layer's face is closed"))
+        self._pending = []
+
+
+class _Backoff:
+    """Log once when the layer goes away and once when it is back; growing pauses."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    async def failed(self, exc: BaseException) -> None:
+        if not self.delay:
+            log.warning("channel layer unavailable, retrying: %s", exc)
+        self.delay = min(2.0, self.delay * 2 or 0.05)
+        await asyncio.sleep(self.delay)
+
+    def succeeded(self) -> None:
+        if self.delay:
+            log.warning("channel layer available again")
+            self.delay = 0.0
+
+
+class PollingFace(AsyncFace):
+    """The face of a layer whose operations are local and short (memory, SQLite):
+    they run on the loop itself, sends of one turn in one call (one SQLite
+    transaction), and the receive task sleeps until the backend wakes it.
+
+    The backend provides ``_watch(wake) -> unwatch``: *wake* is called (on any thread
+    of this process, or from the loop for a readable wake-up socket) when a message
+    may have arrived; ``_watch_fallback`` bounds the sleep when a wake-up is lost."""
+
+    async def _flush(self, items: list[_Item]) -> Sequence[_Outcome]:
+        return self.layer._push_many(items)
+
+    async def _drain(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
+        layer = self.layer
+        wake = asyncio.Event()
+        loop = self.loop
+        thread_id = self._thread_id
+
+        def wake_up() -> None:
+            if threading.get_ident() == thread_id:
+                wake.set()
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(wake.set)
+
+        unwatch: Callable[[], None] = layer._watch(wake_up)  # type: ignore[attr-defined]
+        fallback = float(getattr(layer, "_watch_fallback", layer.receive_timeout))
+        backoff = _Backoff()
+        try:
+            while True:
+                wake.clear()
+                try:
+                    entries = layer.receive_entries(
+                        names, False, max_messages=max_messages, max_records=max_messages
+                    )
+                except LayerUnavailable as exc:
+                    await backoff.failed(exc)
+                    continue
+                backoff.succeeded()
+                if entries:
+                    deliver(entries)
+                    await asyncio.sleep(0)  # let the connections write before the next batch
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), fallback)
+        finally:
+            unwatch()
+
+
+class ThreadedFace(AsyncFace):
+    """The face of a layer that has none of its own (an ASGI 1.0 layer): sends go to
+    a thread, and one thread blocks in ``receive`` and hands each message to the loop."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__(layer)
+        self._stopping = threading.Event()
+
+    async def send(self, channel: str, message: Message) -> None:
+        await self.loop.run_in_executor(None, self.layer.send, channel, message)
+
+    def listen(self, names: list[str], deliver: Deliver, *, max_messages: int = MAX_BATCH) -> None:
+        self._deliver = deliver
+        thread = threading.Thread(
+            target=self._receive_loop, args=(names, deliver), name="wsgi-channels-receive",
+            daemon=True,
+        )  # fmt: skip
+        thread.start()
+
+    def _receive_loop(self, names: list[str], deliver: Deliver) -> None:
+        delay = 0.0
+        while not self._stopping.is_set():
+            try:
+                channel, message = self.layer.receive(names, block=True)
+            except Exception as exc:
+                if not delay:
+                    log.warning("receiving from the channel layer failed, retrying: %s", exc)
+                delay = min(2.0, delay * 2 or 0.05)
+                self._stopping.wait(delay)
+                continue
+            delay = 0.0
+            if channel is None or not isinstance(message, dict):
+                continue
+            try:
+                self.loop.call_soon_threadsafe(deliver, [([channel], message)])
+            except RuntimeError:
+                return  # the loop is closed
+
+    async def aclose(self) -> None:
+        self._stopping.set()
+        await super().aclose()
