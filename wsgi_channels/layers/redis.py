@@ -51,6 +51,7 @@ from typing import Any
 from . import mask_url, parse_options
 from .base import (
     BaseChannelLayer,
+    ChannelsError,
     ConfigurationError,
     LayerUnavailable,
     Record,
@@ -154,6 +155,31 @@ if trim(key, ARGV[3]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('RPUSH', key, ARGV[1])
 redis.call('PEXPIRE', key, ARGV[4])
 return 1
+"""
+)
+
+# KEYS one queue per message (repeats allowed); ARGV[1] now, ARGV[2] queue TTL (ms),
+# then (record, capacity) per message. Returns 1 (pushed) or 0 (full) per message, in
+# order: the messages of one burst, in one round trip.
+_SEND_MANY = (
+    _TRIM_HEAD
+    + """
+local out = {}
+local lengths = {}
+for i, key in ipairs(KEYS) do
+  local n = lengths[key]
+  if n == nil then n = trim(key, ARGV[1]) end
+  if n >= tonumber(ARGV[2 + 2 * i]) then
+    out[i] = 0
+  else
+    redis.call('RPUSH', key, ARGV[1 + 2 * i])
+    n = n + 1
+    out[i] = 1
+  end
+  lengths[key] = n
+end
+for key, _ in pairs(lengths) do redis.call('PEXPIRE', key, ARGV[2]) end
+return out
 """
 )
 
@@ -323,10 +349,25 @@ class _Shard:
     request makes four commands on its critical path.
     """
 
-    __slots__ = ("client", "local", "masked", "opened", "pool")
+    __slots__ = (
+        "busy",
+        "client",
+        "combine",
+        "kwargs",
+        "local",
+        "masked",
+        "opened",
+        "pending",
+        "pool",
+    )
 
     def __init__(self, masked: str, pool_kwargs: Mapping[str, Any]) -> None:
         self.masked = masked
+        self.kwargs = dict(pool_kwargs)
+        # Sends waiting to share a round trip (see RedisChannelLayer._push).
+        self.combine = threading.Condition(threading.Lock())
+        self.pending: list[_Send] = []
+        self.busy = False
         self.pool: redis.ConnectionPool = redis.ConnectionPool(**pool_kwargs)
         self.client: redis.Redis = redis.Redis(connection_pool=self.pool)
         self.local = threading.local()
@@ -359,6 +400,18 @@ class _Shard:
         self.pool.disconnect()
         for conn in list(self.opened):
             conn.disconnect()
+
+
+class _Send:
+    """One message waiting in a shard's combined send."""
+
+    __slots__ = ("capacity", "key", "outcome", "record")
+
+    def __init__(self, key: str, record: bytes, capacity: int) -> None:
+        self.key = key
+        self.record = record
+        self.capacity = capacity
+        self.outcome: bool | ChannelsError | None = None
 
 
 # (shard, queue keys, queue name by key as Redis returns it)
@@ -548,6 +601,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._group_discard_script: Script = client.register_script(_GROUP_DISCARD)
         self._group_members_script: Script = client.register_script(_GROUP_MEMBERS)
         self._queue_stats_script: Script = client.register_script(_QUEUE_STATS)
+        self._send_many_script: Script = client.register_script(_SEND_MANY)
+        self._has_lmpop: bool | None = None  # LMPOP/BLMPOP: Redis 7.0 and later
 
     def _after_fork(self) -> None:
         # The parent's sockets stay open for the parent; redis-py closes (without
@@ -614,24 +669,69 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- storage hooks ------------------------------------------------------------
 
-    def _push(self, channel: str, data: bytes, expires: float) -> bool:
+    def _send_record(self, channel: str, data: bytes, expires: float) -> _Send:
         queue = non_local_name(channel)
-        expires_ms = int(expires * 1000)
         # A local channel's full name travels in the record; others are the queue's.
         name = channel.encode("ascii") if len(queue) != len(channel) else b""
-        shard = self._shard(queue)
-        pushed = self._run(
-            shard,
-            self._send_script,
-            [self._queue_prefix + queue],
-            [
-                b"%013d%s:%s" % (expires_ms, name, data),
-                self.get_capacity(queue),
-                b"%013d" % (expires_ms - self._expiry_ms),
-                self._queue_ttl,
-            ],
-        )
-        return bool(pushed)
+        record = b"%013d%s:%s" % (int(expires * 1000), name, data)
+        return _Send(self._queue_prefix + queue, record, self.get_capacity(queue))
+
+    def _push(self, channel: str, data: bytes, expires: float) -> bool:
+        """Sends made at the same moment by several threads share one round trip
+        (group commit): a thread whose send finds no round trip in flight on the
+        shard takes every send queued there and runs them in one script; a thread
+        that finds one in flight queues its send and waits for it to be taken by the
+        next. A lone thread pays exactly one round trip; nothing waits for a batch
+        to fill."""
+        entry = self._send_record(channel, data, expires)
+        shard = self._shard(non_local_name(channel))
+        with shard.combine:
+            shard.pending.append(entry)
+            while entry.outcome is None:
+                if shard.busy:
+                    shard.combine.wait()
+                    continue
+                shard.busy = True
+                batch, shard.pending = shard.pending, []
+                shard.combine.release()
+                try:
+                    self._send_batch(shard, batch)
+                finally:
+                    shard.combine.acquire()
+                    shard.busy = False
+                    shard.combine.notify_all()
+        if isinstance(entry.outcome, ChannelsError):
+            raise entry.outcome
+        return entry.outcome
+
+    def _send_batch(self, shard: _Shard, batch: list[_Send]) -> None:
+        args: list[Any] = [self._stamp(time.time()), self._queue_ttl]
+        for entry in batch:
+            args += [entry.record, entry.capacity]
+        try:
+            replies = self._run(shard, self._send_many_script, [e.key for e in batch], args)
+        except ChannelsError as exc:
+            for entry in batch:
+                entry.outcome = exc
+            return
+        except BaseException:
+            for entry in batch:
+                entry.outcome = LayerUnavailable(f"Redis at {shard.masked}: send interrupted")
+            raise
+        for entry, reply in zip(batch, replies, strict=True):
+            entry.outcome = bool(reply)
+
+    def _push_many(self, items: list[tuple[str, bytes, float]]) -> list[bool | ChannelsError]:
+        by_shard: dict[int, tuple[_Shard, list[_Send]]] = {}
+        entries = []
+        for channel, data, expires in items:
+            entry = self._send_record(channel, data, expires)
+            entries.append(entry)
+            shard = self._shard(non_local_name(channel))
+            by_shard.setdefault(id(shard), (shard, []))[1].append(entry)
+        for shard, batch in by_shard.values():
+            self._send_batch(shard, batch)
+        return [e.outcome if e.outcome is not None else False for e in entries]
 
     def _plan(self, names: list[str]) -> _Plan:
         """The queues to read for *names*, grouped by shard (cached per name list)."""
@@ -659,6 +759,42 @@ class RedisChannelLayer(BaseChannelLayer):
         if name[0] == "#":
             return Record(queue, raw[sep + 1 :], name[1:])
         return Record(name, raw[sep + 1 :])
+
+    def _pop_many(self, names: list[str], block: bool, deadline: float, count: int) -> list[Record]:
+        """Up to *count* records in one round trip (LMPOP, or BLMPOP when *block*),
+        where the queues live on one shard and the server has them (Redis 7)."""
+        plan = self._plan(names)
+        if count <= 1 or len(plan) != 1 or self._has_lmpop is False:
+            return super()._pop_many(names, block, deadline, count)
+        shard, keys, by_key = plan[0]
+        if len(keys) > 1:
+            keys = random.sample(keys, len(keys))
+        while True:
+            remaining = deadline - time.monotonic() if block else 0.0
+            try:
+                if remaining < 0.001:
+                    reply = self._execute(shard, "LMPOP", len(keys), *keys, "LEFT", "COUNT", count)
+                else:
+                    timeout = round(min(remaining, self._max_block), 3)
+                    reply = self._execute(
+                        shard, "BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", count
+                    )
+            except redis.ResponseError as exc:
+                if self._has_lmpop is None and "unknown command" in str(exc).lower():
+                    self._has_lmpop = False
+                    return super()._pop_many(names, block, deadline, count)
+                raise self._error(shard, exc) from exc
+            except redis.RedisError as exc:
+                raise self._error(shard, exc) from exc
+            self._has_lmpop = True
+            if reply is not None:
+                queue = by_key[reply[0]]
+                now = self._stamp(time.time())
+                records = [self._record(queue, raw) for raw in reply[1] if raw[:13] > now]
+                if records:
+                    return records
+            if remaining < 0.001:
+                return []
 
     def _pop(self, names: list[str], block: bool, deadline: float) -> Record | None:
         plan = self._plan(names)
