@@ -95,6 +95,7 @@ class AsyncFace:
         self._prefixes: list[str] = []
         self._deliver: Deliver | None = None
         self._thread_id = threading.get_ident()
+        self.closing = False
 
     # -- sending ----------------------------------------------------------------------
 
@@ -186,18 +187,25 @@ class AsyncFace:
     async def _drain(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
         raise NotImplementedError
 
+    def _abort(self) -> None:
+        """Hook: cut connections that a cancelled receive may still be reading."""
+
     async def aclose(self) -> None:
         """Stop listening; sends still pending fail with LayerUnavailable."""
+        self.closing = True
         for prefix in self._prefixes:
             if self.layer._local_sinks.get(prefix) == self._local_sink:
                 del self.layer._local_sinks[prefix]
         self._prefixes = []
         self._deliver = None
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._abort()
+        if tasks:
+            # Bounded: a client library that holds on to a cancelled read must not
+            # hold the server's shutdown with it.
+            await asyncio.wait(tasks, timeout=2.0)
         for _item, future in self._pending:
             if not future.done():
                 future.set_result(LayerUnavailable("the layer's face is closed"))
@@ -251,7 +259,7 @@ class PollingFace(AsyncFace):
         fallback = float(getattr(layer, "_watch_fallback", layer.receive_timeout))
         backoff = _Backoff()
         try:
-            while True:
+            while not self.closing:
                 wake.clear()
                 try:
                     entries = layer.receive_entries(

@@ -38,6 +38,8 @@ masked); the pools reconnect on the next call once it is back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import re
 import threading
@@ -49,17 +51,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import mask_url, parse_options
+from .aio import AsyncFace, Deliver, Entry, _Backoff
 from .base import (
     BaseChannelLayer,
     ChannelsError,
     ConfigurationError,
     LayerUnavailable,
     Record,
+    decode_message,
     non_local_name,
 )
 
 try:
     import redis
+    import redis.asyncio
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.commands.core import Script
     from redis.retry import Retry
@@ -604,6 +610,10 @@ class RedisChannelLayer(BaseChannelLayer):
         self._send_many_script: Script = client.register_script(_SEND_MANY)
         self._has_lmpop: bool | None = None  # LMPOP/BLMPOP: Redis 7.0 and later
 
+    def async_face(self) -> RedisFace:
+        """The asyncio face, on redis.asyncio connections of its own."""
+        return RedisFace(self)
+
     def _after_fork(self) -> None:
         # The parent's sockets stay open for the parent; redis-py closes (without
         # shutting down) any it finds in this child.
@@ -988,3 +998,228 @@ def _layer_option_names() -> list[str]:
         "max_message_size",
         "receive_timeout",
     ]
+
+
+# -- the asyncio face ---------------------------------------------------------------
+
+
+class _AsyncConnection:
+    """One redis.asyncio connection to a shard, used by one task at a time (a lock
+    orders the callers); reconnects by itself on the next call after a failure."""
+
+    def __init__(self, layer: RedisChannelLayer, shard: _Shard) -> None:
+        self.layer = layer
+        self.shard = shard
+        self.lock = asyncio.Lock()
+        kwargs = dict(shard.kwargs)
+        sync_class = kwargs.pop("connection_class", None)
+        kwargs.pop("retry", None)
+        kwargs.pop("max_connections", None)
+        kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
+        connection_class: type[Any] = redis.asyncio.Connection
+        if sync_class is redis.UnixDomainSocketConnection:
+            connection_class = redis.asyncio.UnixDomainSocketConnection
+        elif sync_class is redis.SSLConnection:
+            connection_class = redis.asyncio.SSLConnection
+        self.conn = connection_class(**kwargs)
+
+    async def execute(self, *args: Any) -> Any:
+        async with self.lock:
+            try:
+                await self.conn.send_command(*args)
+                return await self.conn.read_response()
+            except redis.ResponseError:
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.conn.disconnect(nowait=True)
+                raise
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script where the server forgot it; layer errors."""
+        try:
+            try:
+                return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                await self.execute("SCRIPT", "LOAD", script.script)
+                return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.RedisError as exc:
+            raise self.layer._error(self.shard, exc) from exc
+        except OSError as exc:
+            raise LayerUnavailable(f"Redis at {self.shard.masked} is unavailable: {exc}") from exc
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.conn.disconnect(nowait=True)
+
+    def abort(self) -> None:
+        """Cut the socket now, from outside any task (shutdown)."""
+        writer = getattr(self.conn, "_writer", None)
+        if writer is not None:
+            writer.transport.abort()
+
+
+class RedisFace(AsyncFace):
+    """The Redis layer's asyncio face: redis.asyncio (with hiredis where installed).
+
+    Sends of one loop turn go out as one script per shard (in parallel across
+    shards); the receive task takes up to ``max_messages`` records per BLMPOP (Redis
+    7; BLPOP and a pop script before) on a connection of its own, and looks up the
+    local members of the group messages among them in one pipelined round trip."""
+
+    layer: RedisChannelLayer
+
+    def __init__(self, layer: RedisChannelLayer) -> None:
+        super().__init__(layer)
+        self._connections: dict[int, _AsyncConnection] = {}
+        self._receivers: list[_AsyncConnection] = []
+
+    def _abort(self) -> None:
+        for conn in self._receivers:
+            conn.abort()
+
+    def _connection(self, shard: _Shard) -> _AsyncConnection:
+        conn = self._connections.get(id(shard))
+        if conn is None:
+            conn = self._connections[id(shard)] = _AsyncConnection(self.layer, shard)
+        return conn
+
+    async def _flush(self, items: list[tuple[str, bytes, float]]) -> list[bool | ChannelsError]:
+        layer = self.layer
+        by_shard: dict[int, tuple[_Shard, list[int], list[_Send]]] = {}
+        for index, (channel, data, expires) in enumerate(items):
+            entry = layer._send_record(channel, data, expires)
+            shard = layer._shard(non_local_name(channel))
+            part = by_shard.setdefault(id(shard), (shard, [], []))
+            part[1].append(index)
+            part[2].append(entry)
+        outcomes: list[bool | ChannelsError] = [False] * len(items)
+
+        async def one(shard: _Shard, indexes: list[int], batch: list[_Send]) -> None:
+            args: list[Any] = [layer._stamp(time.time()), layer._queue_ttl]
+            for entry in batch:
+                args += [entry.record, entry.capacity]
+            try:
+                replies = await self._connection(shard).run(
+                    layer._send_many_script, [e.key for e in batch], args
+                )
+            except ChannelsError as exc:
+                for index in indexes:
+                    outcomes[index] = exc
+                return
+            for index, reply in zip(indexes, replies, strict=True):
+                outcomes[index] = bool(reply)
+
+        parts = list(by_shard.values())
+        if len(parts) == 1:
+            await one(*parts[0])
+        else:
+            await asyncio.gather(*(one(*part) for part in parts))
+        return outcomes
+
+    async def _drain(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
+        layer = self.layer
+        plan = layer._plan(names)
+        backoff = _Backoff()
+        # One connection per shard for the blocking pops, apart from the sends'.
+        receivers = [(_AsyncConnection(layer, shard), keys, by_key) for shard, keys, by_key in plan]
+        self._receivers = [conn for conn, _keys, _by_key in receivers]
+        slice_ = layer._max_block if len(receivers) == 1 else SHARD_SLICE
+        turn = 0
+        try:
+            while not self.closing:
+                conn, keys, by_key = receivers[turn % len(receivers)]
+                turn += 1
+                try:
+                    records = await self._pop(conn, keys, by_key, max_messages, slice_)
+                    entries = await self._entries(conn, records) if records else []
+                except LayerUnavailable as exc:
+                    if self.closing:
+                        return
+                    await backoff.failed(exc)
+                    continue
+                backoff.succeeded()
+                if entries and not self.closing:
+                    deliver(entries)
+        finally:
+            for conn, _keys, _by_key in receivers:
+                await conn.close()
+
+    async def _pop(
+        self,
+        conn: _AsyncConnection,
+        keys: list[str],
+        by_key: dict[bytes, str],
+        count: int,
+        timeout: float,
+    ) -> list[Record]:
+        layer = self.layer
+        if len(keys) > 1:
+            keys = random.sample(keys, len(keys))
+        try:
+            if layer._has_lmpop is not False:
+                try:
+                    reply = await conn.execute(
+                        "BLMPOP", round(timeout, 3), len(keys), *keys, "LEFT", "COUNT", count
+                    )
+                    layer._has_lmpop = True
+                except redis.ResponseError as exc:
+                    if "unknown command" not in str(exc).lower():
+                        raise
+                    layer._has_lmpop = False
+                    return []
+                if reply is None:
+                    return []
+                queue, raws = by_key[reply[0]], reply[1]
+            else:
+                reply = await conn.execute("BLPOP", *keys, round(timeout, 3))
+                if reply is None:
+                    return []
+                queue, raws = by_key[reply[0]], [reply[1]]
+        except redis.RedisError as exc:
+            raise layer._error(conn.shard, exc) from exc
+        except OSError as exc:
+            raise LayerUnavailable(f"Redis at {conn.shard.masked} is unavailable: {exc}") from exc
+        now = layer._stamp(time.time())
+        return [layer._record(queue, raw) for raw in raws if raw[:13] > now]
+
+    async def _entries(self, conn: _AsyncConnection, records: list[Record]) -> list[Entry]:
+        """Decode *records*; a group record becomes one entry with its local members,
+        looked up for every group of the batch in one pipelined round trip."""
+        layer = self.layer
+        groups = {(r.group, r.channel) for r in records if r.group is not None}
+        members: dict[tuple[str, str], list[str]] = {}
+        if groups:
+            now = f"({int(time.time() * 1000)}"
+            wanted = list(groups)
+            try:
+                async with conn.lock:
+                    for group, prefix in wanted:
+                        key = f"{layer._group_prefix}{group}:{prefix}"
+                        await conn.conn.send_command("ZRANGEBYSCORE", key, now, "+inf")
+                    replies = [await conn.conn.read_response() for _ in wanted]
+            except (redis.RedisError, OSError) as exc:
+                with contextlib.suppress(Exception):
+                    await conn.conn.disconnect(nowait=True)
+                raise LayerUnavailable(
+                    f"Redis at {conn.shard.masked} is unavailable: {exc}"
+                ) from exc
+            for (group, prefix), reply in zip(wanted, replies, strict=True):
+                members[(group, prefix)] = [
+                    m.decode("ascii") for m in reply if len(m) != len(prefix)
+                ]
+        entries: list[Entry] = []
+        for record in records:
+            if record.group is None:
+                entries.append(([record.channel], decode_message(record.data)))
+                continue
+            local = members.get((record.group, record.channel))
+            if local:
+                entries.append((local, decode_message(record.data)))
+        return entries
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for conn in self._connections.values():
+            await conn.close()
+        self._connections = {}
