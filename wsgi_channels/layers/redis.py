@@ -1139,7 +1139,7 @@ class RedisFace(AsyncFace):
                     await backoff.failed(exc)
                     continue
                 backoff.succeeded()
-                if entries and not self.closing:
+                if entries:
                     deliver(entries)
         finally:
             for conn, _keys, _by_key in receivers:
