@@ -187,6 +187,10 @@ class AsyncFace:
     async def _drain(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
         raise NotImplementedError
 
+    def _closed(self) -> bool:
+        # A method, so that type checkers do not take the flag for a constant.
+        return self.closing
+
     def _abort(self) -> None:
         """Hook: cut connections that a cancelled receive may still be reading."""
 

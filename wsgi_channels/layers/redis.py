@@ -1134,7 +1134,7 @@ class RedisFace(AsyncFace):
                     records = await self._pop(conn, keys, by_key, max_messages, slice_)
                     entries = await self._entries(conn, records) if records else []
                 except LayerUnavailable as exc:
-                    if self.closing:
+                    if self._closed():
                         return
                     await backoff.failed(exc)
                     continue
