@@ -258,6 +258,9 @@ def _uvicorn_options() -> dict[str, Any]:
         "http": BoundedHttpToolsProtocol,
         "ws": GoingAwayWSProtocol,
         "ws_max_size": MAX_FRAME_SIZE,
+        # Off, as in gorilla/websocket and Centrifugo by default: a compressed socket
+        # costs a zlib context (~300 KB) and its own encoding of every group message.
+        "ws_per_message_deflate": False,
         "lifespan": "on",
         "access_log": False,
         "log_level": "info",

@@ -36,7 +36,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .base import (
@@ -60,7 +60,9 @@ log = logging.getLogger("wsgi_channels.layers")
 #: ``(channels, message)``: one message for each of *channels* (several for a group
 #: message expanded to local members; treat the message as read-only).
 Entry = tuple[list[str], Message]
-Deliver = Callable[[list[Entry]], None]
+#: Called on the loop with each batch; may return an awaitable that the receive task
+#: awaits before it takes more (the caller's back-pressure).
+Deliver = Callable[[list[Entry]], "Awaitable[None] | None"]
 # (channel, data, expires) -> True sent, False full, or the error that refused it
 _Item = tuple[str, bytes, float]
 _Outcome = bool | ChannelsError
@@ -274,7 +276,9 @@ class PollingFace(AsyncFace):
                     continue
                 backoff.succeeded()
                 if entries:
-                    deliver(entries)
+                    pause = deliver(entries)
+                    if pause is not None:
+                        await pause
                     await asyncio.sleep(0)  # let the connections write before the next batch
                     continue
                 with contextlib.suppress(TimeoutError):

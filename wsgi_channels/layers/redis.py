@@ -1140,7 +1140,9 @@ class RedisFace(AsyncFace):
                     continue
                 backoff.succeeded()
                 if entries:
-                    deliver(entries)
+                    pause = deliver(entries)
+                    if pause is not None:
+                        await pause
         finally:
             for conn, _keys, _by_key in receivers:
                 await conn.close()

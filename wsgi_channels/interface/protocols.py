@@ -1,0 +1,219 @@
+"""The uvicorn protocol classes of the interface server, in one place.
+
+uvicorn parses HTTP (httptools) and WebSocket (wsproto); these subclasses add what a
+bridge exposed to the Internet needs and uvicorn leaves out: a bound on request heads,
+a bound on pipelined requests, a close with 1001 at shutdown, a bound on unsent pongs,
+and a way to write one prepared WebSocket frame to many sockets (fan-out).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+from wsproto.events import CloseConnection, Ping
+
+__all__ = [
+    "FRAMES_EXTENSION",
+    "MAX_HEADER_COUNT",
+    "MAX_HEAD_SIZE",
+    "MAX_PIPELINE",
+    "PONG_BACKLOG",
+    "SHUTDOWN_KEY",
+    "BoundedHttpToolsProtocol",
+    "GoingAwayWSProtocol",
+    "prepare_frame",
+]
+
+logger = logging.getLogger("wsgi_channels.interface")
+
+#: Scope key: a callable the HTTP protocol calls when the server shuts down while the
+#: request still waits for its response (the application answers 503 at once).
+SHUTDOWN_KEY = "wsgi_channels.shutdown"
+#: Scope extension of a WebSocket: the protocol object, for writing prepared frames.
+FRAMES_EXTENSION = "wsgi_channels.frames"
+#: Requests one connection may have parsed and waiting behind the one being answered;
+#: past it the connection stops being read until the queue shrinks.
+MAX_PIPELINE = 16
+#: Bytes waiting in a WebSocket's socket over which pings are no longer answered: a
+#: client that pings and never reads cannot pile up pongs.
+PONG_BACKLOG = 64 * 1024
+
+
+def prepare_frame(payload: bytes, *, text: bool) -> bytes:
+    """One unmasked, final WebSocket frame (RFC 6455 5.2) as a server sends it: the
+    bytes are the same for every connection without compression, so a group message
+    is encoded once for all of its local members."""
+    opcode = 0x81 if text else 0x82
+    length = len(payload)
+    if length < 126:
+        head = bytes((opcode, length))
+    elif length < 65536:
+        head = bytes((opcode, 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((opcode, 127)) + length.to_bytes(8, "big")
+    return head + payload
+
+
+MAX_HEAD_SIZE = 64 * 1024
+"""Largest request head (request line and headers) in bytes; over it the client gets
+431. nginx allows 32 KiB by default, gunicorn about 800 KiB for 100 fields."""
+MAX_HEADER_COUNT = 256
+"""Most header fields in one request; over it the client gets 431."""
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a request head over the limits."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools HTTP protocol, with a bound on the request head.
+
+    httptools (llhttp) puts no limit on the request line and headers, and uvicorn holds
+    them in memory until the head is complete: one client sending an endless header
+    grew an interface process by 300 MB. Here a head over :data:`MAX_HEAD_SIZE` bytes
+    or :data:`MAX_HEADER_COUNT` fields is answered 431 and the connection closed; an
+    unfinished head is refused as soon as the bytes received for it pass the limit
+    (give or take one read), without reading the rest.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0  # received while a head was unfinished
+        self._field_bytes = 0  # of the URL and the header fields parsed so far
+        self._header_count = 0
+        self._head_refused = False
+        self._bad_host = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > MAX_HEAD_SIZE and not self._head_refused:
+            self._refuse_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._field_bytes = self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._field_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._field_bytes += len(name) + len(value) + 4
+        if self._header_count > MAX_HEADER_COUNT or self._field_bytes > MAX_HEAD_SIZE:
+            self._head_refused = True
+            raise _HeadTooLarge  # httptools wraps it in HttpParserError: see below
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._field_bytes > MAX_HEAD_SIZE:  # a long URL
+            self._head_refused = True
+            raise _HeadTooLarge
+        hosts = sum(1 for name, _value in self.headers if name == b"host")
+        if hosts > 1 or (hosts == 0 and self.parser.get_http_version() == "1.1"):
+            # RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request without
+            # a Host header, and to any request with more than one.
+            self._bad_host = True
+            raise _HeadTooLarge
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+
+    def on_response_complete(self) -> None:
+        # uvicorn resumes reading after every response, however many pipelined
+        # requests are queued: one client pipelining for 10 s held a gigabyte. Past
+        # the bound, reading stays paused until the queue is answered, so what one
+        # connection holds is at most the bound plus one read's worth of requests.
+        super().on_response_complete()
+        if len(self.pipeline) >= MAX_PIPELINE and not self.transport.is_closing():
+            self.flow.pause_reading()
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            abort: Any = cycle.scope.get(SHUTDOWN_KEY)
+            if abort is not None:
+                abort()
+        super().shutdown()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers a parser error (ours included) with this method.
+        if self._bad_host:
+            self._bad_host = False
+            super().send_400_response("Bad Request: exactly one Host header is required")
+            return
+        if self._head_refused:
+            self._refuse_head()
+        else:
+            super().send_400_response(msg)
+
+    def _refuse_head(self) -> None:
+        self._head_refused = True
+        logger.warning(
+            "request head over %d bytes or %d fields: 431", MAX_HEAD_SIZE, MAX_HEADER_COUNT
+        )
+        body = b"Request Header Fields Too Large\n"
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+class GoingAwayWSProtocol(WSProtocol):
+    """uvicorn's wsproto WebSocket protocol, closing with 1001 at server shutdown.
+
+    uvicorn closes open WebSockets with 1012 (Service Restart) when it shuts down, and
+    an ASGI application hears of the shutdown only after the sockets are closed. Daphne
+    closed with 1001 (Going Away), which browsers and our contract expect; this is the
+    same close, with that code. The application still gets ``websocket.disconnect``
+    and passes it on to the worker.
+    """
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        extensions: Any = self.scope["extensions"]
+        extensions[FRAMES_EXTENSION] = self
+
+    def handle_ping(self, event: Ping) -> None:
+        if self.transport.get_write_buffer_size() > PONG_BACKLOG:
+            return  # the client does not read: answering would only grow the buffer
+        super().handle_ping(event)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether permessage-deflate was negotiated (then frames are its own)."""
+        connection = getattr(self.conn, "_connection", None)
+        return bool(getattr(connection, "_extensions", None))
+
+    def write_frame(self, frame: bytes) -> int:
+        """Write a frame made by :func:`prepare_frame` unless the socket is closing;
+        returns the bytes then waiting in the socket's buffer."""
+        transport = self.transport
+        if self.close_sent or transport.is_closing():
+            return 0
+        transport.write(frame)
+        return int(transport.get_write_buffer_size())
+
+    def shutdown(self) -> None:
+        if self.handshake_complete and not self.close_sent and not self.transport.is_closing():
+            self.stop_keepalive()
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
+            self.transport.write(self.conn.send(CloseConnection(code=1001)))
+            self.close_sent = True
+            self.transport.close()
+            return
+        super().shutdown()
