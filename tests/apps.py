@@ -144,3 +144,23 @@ def hello(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
 
 def broken(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     raise RuntimeError("boom")
+
+
+def stubborn_socket(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """A socket view that joins a group on connect and, like a view behind
+    ``login_required`` after the user logged out elsewhere, answers its disconnect
+    event with a redirect, so it never leaves the group itself."""
+    from wsgi_channels import Group
+
+    event = environ["wsgi_channels.websocket"]
+    if event == "connect":
+        Group("stubborn", layer=environ["wsgi_channels.layer"]).add(
+            environ["wsgi_channels.reply_channel"]
+        )
+        start_response("200 OK", [])
+        return [b""]
+    if event == "disconnect":
+        start_response("302 Found", [("Location", "/login")])
+        return [b""]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["wsgi.input"].read()]

@@ -1216,3 +1216,18 @@ def test_layer_keeps_working_after_fork(make_layer: Any, layer_backend: str, how
     assert message["pid"] != os.getpid()
     assert layer.receive(["parent"]) == ("parent", {"to": "group"})
     assert layer.receive(["to-child"]) == (None, None)
+
+
+def test_discard_channel_leaves_every_group(layer: Any) -> None:
+    mine = layer.new_channel("contract.proc!")
+    other = layer.new_channel("contract.proc!")
+    for group in ("g1", "g2", "g3"):
+        layer.group_add(group, mine)
+    layer.group_add("g1", other)
+    layer.discard_channel(mine)
+    assert layer.group_channels("g1") == [other]
+    assert layer.group_channels("g2") == []
+    assert layer.group_channels("g3") == []
+    layer.send_group("g1", {"n": 1})
+    batch = layer.receive_batch(["contract.proc!"], max_messages=10)
+    assert [c for c, _m in batch] == [other]

@@ -18,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from ..layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
+from ..layers.base import ChannelsError
+from ..protocol import HTTP_REQUEST
 from .config import InterfaceConfig, OriginRules
 from .http import HttpExchange
-from .routing import Inbox, ReplyRouter
+from .routing import Event, Inbox, ReplyRouter
 from .websocket import WebSocketSession
 
 __all__ = ["InterfaceServer", "create_app"]
@@ -55,10 +58,11 @@ class InterfaceServer:
         self.origins = OriginRules(config.allowed_origins)
         self.router = ReplyRouter(layer)
         self.sessions: set[WebSocketSession] = set()
-        # HTTP requests waiting for their first reply, with when they started waiting.
+        # HTTP requests waiting for their first reply, with when they were sent (Unix).
         self.waiting: dict[HttpExchange, float] = {}
         self._busy = 0  # WebSocket events being passed on (for the no-worker warning)
         self._monitor: asyncio.Task[None] | None = None
+        self._shutdown: asyncio.Task[None] | None = None
 
     @property
     def prefix(self) -> str:
@@ -83,15 +87,41 @@ class InterfaceServer:
         for session in list(self.sessions):
             session.close_soon(code)
 
+    def _shutting_down(self) -> None:
+        """uvicorn began a graceful shutdown with requests waiting for a reply."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.get_running_loop().create_task(self._answer_queued())
+
+    async def _answer_queued(self) -> None:
+        """Answer 503 at once to the requests that no worker has taken yet, and let
+        those that a worker runs finish within the graceful timeout.
+
+        The interface cannot see which is which, but ``http.request`` is FIFO: the
+        layer says how long its oldest message has waited, so every request of ours
+        sent since then is still in the queue, and every one sent before has been
+        taken."""
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        try:
+            stats = await loop.run_in_executor(None, self.layer.channel_statistics, HTTP_REQUEST)
+            pending = int(stats["messages_pending"])
+            head_sent = now - float(stats["messages_max_age"])
+        except Exception:  # no statistics, or the layer is down: nobody will answer
+            pending, head_sent = len(self.waiting), 0.0
+        if pending <= 0:
+            return
+        for exchange, sent in list(self.waiting.items()):
+            if sent >= head_sent - 0.005:  # stamps are in milliseconds
+                exchange.inbox.interrupt(Event.SHUTDOWN)
+
     async def _watch_workers(self) -> None:
         """Say so in the log when requests wait for a worker and none takes them: an
         interface with no worker running is otherwise silent until the 504s."""
         threshold = self.config.no_worker_warning
-        loop = asyncio.get_running_loop()
         warned_at = 0.0
         while True:
             await asyncio.sleep(max(0.5, threshold / 2))
-            now = loop.time()
+            now = time.time()
             stuck = sum(1 for since in self.waiting.values() if now - since >= threshold)
             if stuck and now - warned_at >= threshold:
                 warned_at = now
@@ -112,7 +142,7 @@ class InterfaceServer:
             self.start()
             await HttpExchange(
                 scope, receive, send, config=self.config, router=self.router,
-                waiting=self.waiting,
+                waiting=self.waiting, on_shutdown=self._shutting_down,
             ).run()  # fmt: skip
         elif kind == "websocket":
             self.start()
@@ -161,6 +191,13 @@ class InterfaceServer:
         finally:
             self.sessions.discard(session)
             router.close(reply_channel)
+            # A socket that has gone leaves no membership, whatever the app did with
+            # its disconnect event (a view behind login_required answers it with a
+            # redirect and never discards).
+            try:
+                await router.discard_channel(reply_channel)
+            except ChannelsError as exc:
+                logger.warning("could not remove a closed socket from its groups: %s", exc)
 
 
 def _describe(layer: Any) -> str:

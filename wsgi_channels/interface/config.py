@@ -195,4 +195,5 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ALLOWED_ORIGINS": ("allowed_origins", lambda v: tuple(parse_origins(v))),
     "MAX_BODY": ("max_body", parse_size),
     "ROOT_PATH": ("root_path", str),
+    "NO_WORKER_WARNING": ("no_worker_warning", float),
 }

@@ -69,6 +69,7 @@ class HttpExchange:
         config: InterfaceConfig,
         router: ReplyRouter,
         waiting: dict[HttpExchange, float],
+        on_shutdown: Callable[[], None] = lambda: None,
     ) -> None:
         self.scope = scope
         self.receive = receive
@@ -76,6 +77,7 @@ class HttpExchange:
         self.config = config
         self.router = router
         self.waiting = waiting
+        self.on_shutdown = on_shutdown
         self.inbox = Inbox(1 << 30, config.response_buffer, stalls=True)
 
     async def respond(
@@ -141,7 +143,7 @@ class HttpExchange:
         reply_channel = router.open(self.inbox)
         reader: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
-        scope[SHUTDOWN_KEY] = lambda: self.inbox.interrupt(Event.SHUTDOWN)
+        scope[SHUTDOWN_KEY] = self.on_shutdown
         try:
             deadline = time.time() + config.http_timeout
             body_channel = router.layer.new_channel(BODY_CHANNEL_PATTERN) if more else None
@@ -174,7 +176,7 @@ class HttpExchange:
                 reader = loop.create_task(
                     self._upload(body_channel, rest, more, received, deadline)
                 )
-            self.waiting[self] = loop.time()
+            self.waiting[self] = time.time()
             wait_until = loop.time() + config.http_timeout
             reply = await self.inbox.get(wait_until)
             while reply is Event.WAKE:

@@ -225,6 +225,11 @@ class ReplyRouter:
         assert self.face is not None
         await self.face.send(channel, message)
 
+    async def discard_channel(self, channel: str) -> None:
+        """Take *channel* out of every group: its socket has gone."""
+        if self.face is not None:
+            await self.face.discard_channel(channel)
+
     # -- delivery -------------------------------------------------------------------
 
     def deliver(self, entries: Iterable[Entry]) -> Awaitable[None] | None:

@@ -189,6 +189,10 @@ class AsyncFace:
     async def _drain(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
         raise NotImplementedError
 
+    async def discard_channel(self, channel: str) -> None:
+        """Remove *channel* from every group (see ``layer.discard_channel``)."""
+        self.layer.discard_channel(channel)
+
     def _closed(self) -> bool:
         # A method, so that type checkers do not take the flag for a constant.
         return self.closing
@@ -324,6 +328,11 @@ class ThreadedFace(AsyncFace):
                 self.loop.call_soon_threadsafe(deliver, [([channel], message)])
             except RuntimeError:
                 return  # the loop is closed
+
+    async def discard_channel(self, channel: str) -> None:
+        discard = getattr(self.layer, "discard_channel", None)
+        if discard is not None:
+            await self.loop.run_in_executor(None, discard, channel)
 
     async def aclose(self) -> None:
         self._stopping.set()

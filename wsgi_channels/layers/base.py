@@ -608,6 +608,15 @@ class BaseChannelLayer:
         validate_channel_name(channel)
         self._group_discard(group, channel)
 
+    def discard_channel(self, channel: str) -> None:
+        """Remove *channel* from every group it is in (an extension, not ASGI 1.0):
+        what the interface server does when a socket has gone, whatever the app did
+        with its disconnect event. Kept exactly for process-specific channels
+        (``name!local``); others are left to their membership expiry."""
+        self._check_fork()
+        validate_channel_name(channel)
+        self._discard_channel(channel)
+
     def group_channels(self, group: str) -> list[str]:
         """The channels currently (and not expired) in *group*."""
         self._check_fork()
@@ -697,6 +706,9 @@ class BaseChannelLayer:
         raise NotImplementedError
 
     def _group_channels(self, group: str) -> list[str]:
+        raise NotImplementedError
+
+    def _discard_channel(self, channel: str) -> None:
         raise NotImplementedError
 
     def _flush(self) -> None:

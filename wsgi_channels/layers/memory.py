@@ -134,6 +134,14 @@ class MemoryChannelLayer(BaseChannelLayer):
                 if not members:
                     del self._groups[group]
 
+    def _discard_channel(self, channel: str) -> None:
+        with self._condition:
+            for group in list(self._groups):
+                members = self._groups[group]
+                members.pop(channel, None)
+                if not members:
+                    del self._groups[group]
+
     def _group_channels(self, group: str) -> list[str]:
         with self._condition:
             return list(self._members(group))

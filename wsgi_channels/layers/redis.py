@@ -260,6 +260,8 @@ if KEYS[2] then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
   redis.call('ZADD', KEYS[2], score, ARGV[2])
   keep(KEYS[2], ARGV[5])
+  redis.call('SADD', KEYS[3], ARGV[6])
+  keep(KEYS[3], ARGV[5])
 end
 return 1
 """
@@ -269,11 +271,26 @@ return 1
 # queue, channel, now. The queue leaves the group with its process's last member.
 _GROUP_DISCARD = """
 if KEYS[2] then
+  redis.call('SREM', KEYS[3], ARGV[4])
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
   if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS[1] the set of groups a local channel is in; ARGV group key prefix, the channel's
+# queue, the channel, now (ms). Removes the channel from each of them (and its queue
+# from the group with its process's last member); the set goes too.
+_DISCARD_CHANNEL = """
+for _, group in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local members = ARGV[1] .. group .. ':' .. ARGV[2]
+  redis.call('ZREM', members, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', members, '-inf', ARGV[4])
+  if redis.call('EXISTS', members) == 0 then redis.call('ZREM', ARGV[1] .. group, ARGV[2]) end
+end
+redis.call('DEL', KEYS[1])
 return 1
 """
 
@@ -605,6 +622,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._group_send_script: Script = client.register_script(_GROUP_SEND)
         self._group_add_script: Script = client.register_script(_GROUP_ADD)
         self._group_discard_script: Script = client.register_script(_GROUP_DISCARD)
+        self._discard_channel_script: Script = client.register_script(_DISCARD_CHANNEL)
         self._group_members_script: Script = client.register_script(_GROUP_MEMBERS)
         self._queue_stats_script: Script = client.register_script(_QUEUE_STATS)
         self._send_many_script: Script = client.register_script(_SEND_MANY)
@@ -910,7 +928,22 @@ class RedisChannelLayer(BaseChannelLayer):
         keys = [self._group_prefix + group]
         if queue.endswith("!"):
             keys.append(f"{self._group_prefix}{group}:{queue}")
+            keys.append(self._channel_groups_key(channel))
         return self._shard(queue), queue, keys
+
+    def _channel_groups_key(self, channel: str) -> str:
+        return f"{self.prefix}:m:{channel}"
+
+    def _discard_args(self, channel: str) -> tuple[_Shard, list[str], list[Any]]:
+        queue = non_local_name(channel)
+        args: list[Any] = [self._group_prefix, queue, channel, int(time.time() * 1000)]
+        return self._shard(queue), [self._channel_groups_key(channel)], args
+
+    def _discard_channel(self, channel: str) -> None:
+        if not non_local_name(channel).endswith("!"):
+            return  # normal members are left to their expiry
+        shard, keys, args = self._discard_args(channel)
+        self._run(shard, self._discard_channel_script, keys, args)
 
     def _group_add(self, group: str, channel: str, expires: float) -> None:
         shard, queue, keys = self._membership_keys(group, channel)
@@ -920,13 +953,17 @@ class RedisChannelLayer(BaseChannelLayer):
             int(expires * 1000),
             int(time.time() * 1000),
             self._group_ttl,
+            group,
         ]
         self._run(shard, self._group_add_script, keys, args)
 
     def _group_discard(self, group: str, channel: str) -> None:
         shard, queue, keys = self._membership_keys(group, channel)
         self._run(
-            shard, self._group_discard_script, keys, [queue, channel, int(time.time() * 1000)]
+            shard,
+            self._group_discard_script,
+            keys,
+            [queue, channel, int(time.time() * 1000), group],
         )
 
     def _group_channels_on(self, shard: _Shard, group: str) -> list[str]:
@@ -1219,6 +1256,13 @@ class RedisFace(AsyncFace):
             if local:
                 entries.append((local, decode_message(record.data)))
         return entries
+
+    async def discard_channel(self, channel: str) -> None:
+        layer = self.layer
+        if not non_local_name(channel).endswith("!"):
+            return
+        shard, keys, args = layer._discard_args(channel)
+        await self._connection(shard).run(layer._discard_channel_script, keys, args)
 
     async def aclose(self) -> None:
         await super().aclose()

@@ -556,6 +556,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._conn().execute(self._sql.group_discard, (group, channel))
 
     @_layer_errors
+    def _discard_channel(self, channel: str) -> None:
+        self._conn().execute(self._sql.discard_channel, (channel,))
+
+    @_layer_errors
     def _group_channels(self, group: str) -> list[str]:
         rows = self._conn().execute(self._sql.group_channels, (group, time.time()))
         return [channel for (channel,) in rows]
@@ -637,6 +641,7 @@ class _Statements:
                 PRIMARY KEY (grp, channel)
             ) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS {g}_queue ON {g} (grp, queue, expires);
+            CREATE INDEX IF NOT EXISTS {g}_channel ON {g} (channel);
         """
         self.push = (
             f"INSERT INTO {m} (queue, channel, expires, data, grp) SELECT ?, ?, ?, ?, NULL "
@@ -666,6 +671,7 @@ class _Statements:
             f"INSERT OR REPLACE INTO {g} (grp, channel, queue, expires) VALUES (?, ?, ?, ?)"
         )
         self.group_discard = f"DELETE FROM {g} WHERE grp = ? AND channel = ?"
+        self.discard_channel = f"DELETE FROM {g} WHERE channel = ?"
         self.group_channels = f"SELECT channel FROM {g} WHERE grp = ? AND expires > ?"
         self.flush_messages = f"DELETE FROM {m}"
         self.flush_groups = f"DELETE FROM {g}"
