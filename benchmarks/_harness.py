@@ -38,8 +38,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRK = shutil.which("wrk")
 REDIS_SERVER = shutil.which("redis-server")
 # The virtualenv's scripts first, whether or not it is activated.
-GUNICORN = shutil.which("gunicorn", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                           os.environ.get("PATH", "")]))
+GUNICORN = shutil.which(
+    "gunicorn", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
 
 
 class Skip(Exception):

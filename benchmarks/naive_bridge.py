@@ -60,7 +60,7 @@ def worker(app_path: str, url: str) -> None:
         for key, value in headers:
             environ["HTTP_" + key.decode("latin-1").upper().replace("-", "_")] = value.decode()
         started: list[Any] = []
-        chunks = wsgi(environ, lambda status, hdrs, exc=None: started.extend([status, hdrs]))
+        chunks = wsgi(environ, lambda status, hdrs, exc=None: started.extend([status, hdrs]))  # noqa: B023
         content = b"".join(chunks)
         getattr(chunks, "close", lambda: None)()
         out = [[k.encode(), v.encode()] for k, v in started[1]]
