@@ -600,8 +600,9 @@ def wrk(
 ) -> dict[str, Any]:
     if WRK is None:
         raise Skip("wrk is not installed (apt-get install wrk)")
+    seconds = max(1, round(seconds))  # wrk takes whole seconds only
     argv = [
-        WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+        WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
         "--timeout", "10s", f"http://{HOST}:{port}{path}",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
@@ -693,7 +694,10 @@ def medians(results: Sequence[dict[str, Any]], keys: Iterable[str]) -> dict[str,
 
 
 def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """*rows* as a Markdown table; *columns* are ``(key, heading)`` pairs."""
+    """*rows* as a Markdown table; *columns* are ``(key, heading)`` pairs. An ``error``
+    column is added when some row failed."""
+    if any(row.get("error") for row in rows) and "error" not in dict(columns):
+        columns = [*columns, ("error", "error")]
 
     def fmt(value: Any) -> str:
         if value is None:

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = module.main(scenario_argv)
             entry.update(status="ok", bars=[bar.as_dict() for bar in report.bars])
+            errors = [row["error"] for row in report.rows if row.get("error")]
+            if errors:  # a measurement failed: the table has holes
+                entry.update(status="error", reason=errors[0])
+                failed = True
         except h.Skip as exc:
             print(f"SKIPPED: {exc}")
             entry.update(status="skipped", reason=str(exc))
