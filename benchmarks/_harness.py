@@ -37,7 +37,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 WRK = shutil.which("wrk")
 REDIS_SERVER = shutil.which("redis-server")
-GUNICORN = shutil.which("gunicorn")
+# The virtualenv's scripts first, whether or not it is activated.
+GUNICORN = shutil.which(
+    "gunicorn", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
 
 
 class Skip(Exception):
@@ -370,12 +373,14 @@ class Procs:
         argv = [*cli(), "worker", app, "--layer", layer, "--threads", str(threads)]
         return self.start(f"{name}-{len(self.procs)}", argv)
 
-    def gunicorn(self, app: str, *, workers: int, extra: Sequence[str] = ()) -> tuple[Proc, int]:
+    def gunicorn(
+        self, app: str, *, workers: int, kind: str = "sync", extra: Sequence[str] = ()
+    ) -> tuple[Proc, int]:
         if GUNICORN is None:
             raise Skip("gunicorn is not installed")
         port = free_port()
         argv = [
-            GUNICORN, "-k", "sync", "-w", str(workers), "-b", f"{HOST}:{port}",
+            GUNICORN, "-k", kind, "-w", str(workers), "-b", f"{HOST}:{port}",
             "--log-level", "warning", "--backlog", "2048", *extra, app,
         ]  # fmt: skip
         proc = self.start(f"gunicorn-{port}", argv)
@@ -392,10 +397,16 @@ def cli() -> list[str]:
 
 
 def require_components(*modules: str) -> None:
-    """Raise Skip unless each ``wsgi_channels.<module>`` exists in this checkout."""
-    missing = [
-        m for m in modules if not (ROOT / "wsgi_channels" / f"{m.replace('.', '/')}.py").exists()
-    ]
+    """Raise Skip unless each ``wsgi_channels.<module>`` exists in this checkout, as a
+    module or as a package (so that splitting a module into a package keeps the
+    benchmarks running)."""
+    base = ROOT / "wsgi_channels"
+
+    def present(m: str) -> bool:
+        path = base / m.replace(".", "/")
+        return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+    missing = [m for m in modules if not present(m)]
     if missing:
         raise Skip("wsgi_channels component(s) not present yet: " + ", ".join(missing))
 
@@ -589,8 +600,9 @@ def wrk(
 ) -> dict[str, Any]:
     if WRK is None:
         raise Skip("wrk is not installed (apt-get install wrk)")
+    seconds = max(1, round(seconds))  # wrk takes whole seconds only
     argv = [
-        WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+        WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
         "--timeout", "10s", f"http://{HOST}:{port}{path}",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
@@ -620,3 +632,112 @@ def raise_fd_limit(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
+
+
+# -- rounds, medians and Markdown ------------------------------------------------------
+
+
+def add_rounds_options(p: argparse.ArgumentParser, *, rounds: int, duration: float) -> None:
+    """The options every side-by-side scenario takes: how many interleaved rounds and
+    how long each measurement lasts."""
+    p.add_argument(
+        "--rounds", type=int, default=rounds, help="interleaved rounds (medians are reported)"
+    )
+    p.add_argument("--duration", type=float, default=duration, help="seconds per measurement")
+
+
+def interleaved(
+    rounds: int,
+    targets: Sequence[str],
+    measure: Callable[[str], dict[str, Any]],
+    *,
+    log: bool = True,
+) -> dict[str, list[dict[str, Any]]]:
+    """Measure every target once per round, the targets in turn (round 1: A B C, round 2:
+    A B C, ...), so that drift in the machine's load hits them all alike. Returns each
+    target's results in round order; a failed measurement is recorded as ``{"error": ...}``
+    and does not stop the others."""
+    results: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+    for r in range(rounds):
+        for target in targets:
+            load0 = os.getloadavg()[0]
+            try:
+                result = measure(target)
+            except Skip:
+                raise
+            except Exception as exc:
+                result = {"error": repr(exc)[:300]}
+            result["loadavg_1m"] = load0
+            results[target].append(result)
+            if log:
+                shown = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+                brief = ", ".join(f"{k}={v:.4g}" for k, v in list(shown.items())[:5])
+                print(f"  round {r + 1}/{rounds} {target}: {result.get('error') or brief}",
+                      flush=True)  # fmt: skip
+    return results
+
+
+def medians(results: Sequence[dict[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
+    """The median over rounds of each numeric *key* (rounds that failed are left out);
+    ``rounds_ok`` says how many counted."""
+    import statistics
+
+    ok = [r for r in results if "error" not in r]
+    out: dict[str, Any] = {"rounds_ok": len(ok)}
+    for key in keys:
+        values = [r[key] for r in ok if isinstance(r.get(key), (int, float))]
+        out[key] = statistics.median(values) if values else None
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        out["error"] = errors[0]
+    return out
+
+
+def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """*rows* as a Markdown table; *columns* are ``(key, heading)`` pairs. An ``error``
+    column is added when some row failed."""
+    if any(row.get("error") for row in rows) and "error" not in dict(columns):
+        columns = [*columns, ("error", "error")]
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return str(value)
+        if isinstance(value, float):
+            if value != value:  # NaN
+                return "-"
+            if abs(value) >= 1000:
+                return f"{value:,.0f}"
+            if abs(value) >= 100:
+                return f"{value:.0f}"
+            return f"{value:.3g}" if abs(value) >= 1 else f"{value:.3f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |"]
+    lines.append("| " + " | ".join("---" for _ in columns) + " |")
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(k)) for k, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def run_header(title: str, scenario: str, argv: Sequence[str] | None) -> str:
+    """The lines printed above every Markdown table: what ran, the command line that
+    reproduces it, the machine and its load."""
+    import shlex
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    cmd = " ".join(["python", "-m", f"benchmarks.{scenario}", *map(shlex.quote, args)])
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (
+        f"### {title}\n\n"
+        f"Command: `{cmd}`  \n"
+        f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"load average {load} (1/5/15 min) at the end; {time.strftime('%Y-%m-%d %H:%M %Z')}\n"
+    )

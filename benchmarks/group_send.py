@@ -186,6 +186,14 @@ def main(argv: list[str] | None = None) -> h.Report:
             [*columns, "x_vs_channels_redis", "group_add_us", "expand_ms", "expand_us_per_member"],
         )
     )
+    title = f"Group send, {args.sends} timed sends per size (sizes interleaved)"
+    print("\n" + h.run_header(title, "group_send", argv))
+    md_columns = [("layer", "layer"), ("members", "members"), ("mean_ms", "mean ms"),
+                  ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                  (f"x_vs_{sizes[0]}", f"vs {sizes[0]} members"),
+                  ("x_vs_channels_redis", "vs channels_redis"),
+                  ("expand_us_per_member", "receiver expansion µs/member")]  # fmt: skip
+    print(h.markdown(rows, md_columns))
     ours = by_layer.get("wsgi_channels redis", {})
     largest = max(sizes)
     if ours:

@@ -1,18 +1,23 @@
-"""HTTP throughput: the same Flask hello-world under gunicorn sync workers, and behind
-``wsgi-channels interface`` + ``wsgi-channels worker`` over Redis, in the same run, with
-the same wrk load.
+"""HTTP throughput: the same Flask hello-world (``benchmarks.apps:hello``) under gunicorn
+sync and gthread workers, behind the naive bridge baseline (``benchmarks/naive_bridge.py``)
+and behind ``wsgi-channels interface`` + ``wsgi-channels worker`` over Redis, side by side
+in one run: ``wrk -t2 -c32`` against each in turn, fresh processes (and a fresh
+redis-server) for every measurement, the targets interleaved over ``--rounds`` rounds,
+medians reported.
 
-Process counts are split over the machine's cores; each bridge split is written
-``I:W:T`` = interface processes : worker processes : threads per worker. Bar: the best
-bridge split serves at least 0.75x gunicorn's requests per second.
+Each wsgi-channels split is written ``I:W:T`` = interface processes : worker processes :
+threads per worker (``--splits 1:1:4,1:2:2`` tries both 1 + 1 and 1 + 2 on two cores).
 
-    python -m benchmarks.http_throughput [--quick] [--duration 10] [--connections 32]
-        [--gunicorn-workers 2] [--splits 1:1:4,1:2:2,2:2:2] [--json PATH]
+Bars: ours >= 1.0x gunicorn sync, >= 1.0x gunicorn gthread, >= 2.0x the naive bridge.
+
+    python -m benchmarks.http_throughput [--rounds 3] [--duration 6] [--connections 32]
+        [--splits 1:1:4,1:2:2] [--naive-workers 2] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,13 @@ if __package__ in (None, ""):
 from benchmarks import _harness as h
 
 APP = "benchmarks.apps:hello"
-BAR_RATIO = 0.75
+BAR_VS_GUNICORN = 1.0
+BAR_VS_NAIVE = 2.0
+SYNC = "gunicorn sync"
+GTHREAD = "gunicorn gthread"
+NAIVE = "naive bridge"
+
+Start = Callable[[h.Procs], tuple[int, dict[str, Any]]]
 
 
 def parse_split(text: str) -> tuple[int, int, int]:
@@ -35,12 +46,15 @@ def parse_split(text: str) -> tuple[int, int, int]:
 
 def split_label(split: tuple[int, int, int]) -> str:
     i, w, t = split
-    return f"bridge {i} interface + {w} worker x{t} threads"
+    return f"wsgi-channels {i} interface + {w} worker{'s' if w > 1 else ''} x{t} threads"
 
 
-def start_gunicorn(procs: h.Procs, workers: int) -> tuple[int, dict[str, Any]]:
-    """Start gunicorn on the hello app; return its port and CPU groups."""
-    proc, port = procs.gunicorn(APP, workers=workers)
+def start_gunicorn(
+    procs: h.Procs, workers: int, kind: str = "sync", threads: int = 1, app: str = APP
+) -> tuple[int, dict[str, Any]]:
+    """Start gunicorn on *app*; return its port and CPU groups."""
+    extra = ["--threads", str(threads)] if kind == "gthread" else []
+    proc, port = procs.gunicorn(app, workers=workers, kind=kind, extra=extra)
     h.wait_http_ok(port, procs=[proc])
     return port, {"gunicorn": proc}
 
@@ -59,8 +73,45 @@ def start_bridge(
     return port, {"interface": interface, "worker": worker_procs, "redis": redis_proc}
 
 
+def start_naive(procs: h.Procs, workers: int, app: str = APP) -> tuple[int, dict[str, Any]]:
+    """Start redis, the naive bridge's uvicorn app and *workers* naive workers."""
+    url = procs.redis()
+    redis_proc = procs.procs[-1]
+    port = h.free_port()
+    argv = [sys.executable, "-m", "uvicorn", "benchmarks.naive_bridge:app", "--host", h.HOST,
+            "--port", str(port), "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+            "--backlog", "2048"]  # fmt: skip
+    server = procs.start(f"naive-uvicorn-{port}", argv, NAIVE_BRIDGE_REDIS=url)
+    worker_argv = [sys.executable, "-m", "benchmarks.naive_bridge", app]
+    worker_procs = [
+        procs.start(f"naive-worker-{port}-{k}", worker_argv, NAIVE_BRIDGE_REDIS=url)
+        for k in range(workers)
+    ]
+    h.wait_for_port(port, proc=server)
+    h.wait_http_ok(port, procs=[server, *worker_procs])
+    return port, {"uvicorn": server, "worker": worker_procs, "redis": redis_proc}
+
+
+def targets(args: Any, app: str = APP) -> dict[str, Start]:
+    """Every server of the comparison, by label, in the order they are measured."""
+    w, t = args.gunicorn_workers, args.gthread_threads
+    found: dict[str, Start] = {
+        f"{SYNC} -w {w}": lambda procs: start_gunicorn(procs, w, app=app),
+        f"{GTHREAD} -w {w} --threads {t}": lambda procs: start_gunicorn(
+            procs, w, "gthread", t, app=app
+        ),
+        f"{NAIVE}: uvicorn + {args.naive_workers} workers, Redis": lambda procs: start_naive(
+            procs, args.naive_workers, app=app
+        ),
+    }
+    for text in args.splits.split(","):
+        split = parse_split(text)
+        found[f"{split_label(split)}, Redis"] = lambda procs, s=split: start_bridge(procs, s, app)
+    return found
+
+
 def measure(
-    start: Any, *, threads: int, connections: int, seconds: float, warmup: float
+    start: Start, *, threads: int, connections: int, seconds: float, warmup: float
 ) -> dict[str, Any]:
     """Start a target with *start(procs)*, warm it up, run wrk once with CPU metering,
     stop everything."""
@@ -74,58 +125,88 @@ def measure(
             for proc in group if isinstance(group, list) else [group]:
                 proc.check_alive()
     result["cpu_pct"] = cpu.result
+    result["cpu"] = " ".join(f"{k}={v:g}%" for k, v in cpu.result.items())
     return result
+
+
+def add_options(p: Any, *, duration: float) -> None:
+    h.add_rounds_options(p, rounds=3, duration=duration)
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk before each run")
+    p.add_argument("--gunicorn-workers", type=int, default=2)
+    p.add_argument("--gthread-threads", type=int, default=4)
+    p.add_argument("--naive-workers", type=int, default=2, help="naive bridge worker processes")
+    p.add_argument(
+        "--splits", default="1:1:4,1:2:2", help="wsgi-channels splits I:W:T, comma-separated"
+    )
+
+
+def run_rounds(args: Any, *, threads: int, connections: int) -> list[dict[str, Any]]:
+    """Every target of :func:`targets`, interleaved over ``args.rounds`` rounds; one row
+    per target with the medians and each round's req/s."""
+    if h.WRK is None:
+        raise h.Skip("wrk is not installed (apt-get install wrk)")
+    h.require_components("cli", "interface", "worker", "layers/redis")
+    starts = targets(args)
+    load = dict(threads=threads, connections=connections, seconds=args.duration)
+    results = h.interleaved(
+        args.rounds, list(starts), lambda t: measure(starts[t], warmup=args.warmup, **load)
+    )
+    rows = []
+    keys = ["rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "loadavg_1m"]
+    for label, runs in results.items():
+        row = {"config": label, **h.medians(runs, keys)}
+        row["rps_rounds"] = " / ".join(f"{r['rps']:,.0f}" for r in runs if "rps" in r)
+        row["cpu"] = next((r["cpu"] for r in reversed(runs) if "cpu" in r), None)
+        row["runs"] = runs
+        rows.append(row)
+    return rows
+
+
+def ours(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["config"].startswith("wsgi-channels")]
 
 
 def main(argv: list[str] | None = None) -> h.Report:
     p = h.parser("http_throughput", __doc__.splitlines()[0])
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk before each run")
+    add_options(p, duration=6.0)
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--wrk-threads", type=int, default=1)
-    p.add_argument("--gunicorn-workers", type=int, default=2)
-    p.add_argument(
-        "--splits", default="1:1:4,1:2:2,2:2:2", help="bridge splits I:W:T, comma-separated"
-    )
+    p.add_argument("--wrk-threads", type=int, default=2)
     args = p.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.splits = 1.0, 0.0, args.splits.split(",")[0]
-    splits = [parse_split(s) for s in args.splits.split(",")]
-    if h.WRK is None:
-        raise h.Skip("wrk is not installed (apt-get install wrk)")
-    h.require_components("cli", "interface", "worker", "layers/redis")
-
-    load = dict(threads=args.wrk_threads, connections=args.connections, seconds=args.duration)
-    report = h.Report(
-        "http_throughput",
-        params={**vars(args), "json": str(args.json), "app": APP, "wrk": load},
-    )
-    rows: list[dict[str, Any]] = []
-    base = measure(
-        lambda procs: start_gunicorn(procs, args.gunicorn_workers), warmup=args.warmup, **load
-    )
-    rows.append({"config": f"gunicorn sync -w {args.gunicorn_workers}", **base})
-    for split in splits:
-        result = measure(lambda procs, s=split: start_bridge(procs, s), warmup=args.warmup, **load)
-        rows.append({"config": split_label(split), "split": ":".join(map(str, split)), **result})
+        args.rounds, args.duration, args.warmup = 1, 1.0, 0.0
+        args.splits = args.splits.split(",")[0]
+    report = h.Report("http_throughput", params={**vars(args), "json": str(args.json)})
+    rows = run_rounds(args, threads=args.wrk_threads, connections=args.connections)
+    sync, gthread, naive = rows[0], rows[1], rows[2]
     for row in rows:
-        row["ratio"] = row["rps"] / base["rps"] if base["rps"] else None
-        row["cpu"] = " ".join(f"{k}={v:g}%" for k, v in row["cpu_pct"].items())
+        row["x_sync"] = h.ratio(row["rps"], sync["rps"])
+        row["x_gthread"] = h.ratio(row["rps"], gthread["rps"])
+        row["x_naive"] = h.ratio(row["rps"], naive["rps"])
     report.rows = rows
-    print(
-        f"HTTP throughput, wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration:g}s, "
-        f"{h.environment()['cpus']} CPUs\n"
+    title = (
+        f"HTTP throughput, Flask hello world, wrk -t{args.wrk_threads} -c{args.connections} "
+        f"-d{args.duration:g}s, {args.rounds} rounds interleaved, medians"
     )
-    print(h.table(rows, ["config", "rps", "ratio", "p50_ms", "p99_ms", "errors", "cpu"]))
-    best = max(rows[1:], key=lambda r: r["rps"])
-    report.bars.append(
-        h.Bar(
-            f"best bridge req/s / gunicorn req/s ({best['config']})", best["ratio"], BAR_RATIO, ">="
-        )
-    )
+    print("\n" + h.run_header(title, "http_throughput", argv))
+    columns = [("config", "server"), ("rps", "req/s"), ("x_sync", "vs gunicorn sync"),
+               ("x_gthread", "vs gthread"), ("x_naive", "vs naive bridge"),
+               ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("errors", "errors"),
+               ("rps_rounds", "req/s per round"), ("loadavg_1m", "load 1m"),
+               ("cpu", "cpu (% of a core, last round)")]  # fmt: skip
+    print(h.markdown(rows, columns))
+    measured = [r for r in ours(rows) if r["rps"] is not None]
+    if measured:
+        best = max(measured, key=lambda r: r["rps"])
+        name = best["config"]
+        report.bars += [
+            h.Bar(f"req/s vs gunicorn sync ({name})", best["x_sync"], BAR_VS_GUNICORN, ">="),
+            h.Bar(f"req/s vs gunicorn gthread ({name})", best["x_gthread"], BAR_VS_GUNICORN, ">="),
+            h.Bar(f"req/s vs naive bridge ({name})", best["x_naive"], BAR_VS_NAIVE, ">="),
+        ]
     report.notes.append(
         "gunicorn sync workers close the connection after each response (no keep-alive); "
-        "uvicorn keeps connections alive. cpu = % of one core over the measured run."
+        "uvicorn keeps connections alive. cpu = % of one core over the measured run; "
+        "others = what the rest of the machine used meanwhile."
     )
     report.print_bars()
     print(f"\nJSON: {report.write(args.json)}")

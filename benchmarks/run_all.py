@@ -1,7 +1,12 @@
 """Run every benchmark scenario in turn and print a summary of the bars.
 
-    python -m benchmarks [--quick] [--only NAME,NAME] [--results DIR]
+    python -m benchmarks [--quick] [--only NAME,NAME] [--rounds N] [--duration S]
+        [--results DIR]
     python -m benchmarks.run_all ...       (the same)
+
+``--rounds`` and ``--duration`` go to every scenario that takes them (the side-by-side
+ones: HTTP throughput and latency, WebSocket echo, ``run`` on SQLite; ``--rounds`` also
+to fan-out).
 
 Each scenario prints its own table and writes ``DIR/<scenario>.json`` (default
 benchmarks/results/); the summary goes to ``DIR/summary.json``. A scenario that cannot
@@ -26,18 +31,24 @@ from benchmarks import _harness as h
 SCENARIOS = (
     "http_throughput",
     "http_latency",
-    "group_send",
+    "ws_echo",
     "fanout",
+    "run_sqlite",
+    "group_send",
     "ws_memory",
     "sqlite_latency",
     "micro",
 )
+TAKES_ROUNDS = {"http_throughput", "http_latency", "ws_echo", "fanout", "run_sqlite"}
+TAKES_DURATION = {"http_throughput", "http_latency", "ws_echo", "run_sqlite"}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    p.add_argument("--rounds", type=int, help="interleaved rounds, where a scenario has them")
+    p.add_argument("--duration", type=float, help="seconds per measurement, where it applies")
     p.add_argument("--results", type=Path, default=h.RESULTS, help="directory for the JSON")
     args = p.parse_args(argv)
     summary = []
@@ -50,11 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         scenario_argv = ["--json", str(args.results / f"{name}.json")]
         if args.quick:
             scenario_argv.append("--quick")
+        if args.rounds is not None and name in TAKES_ROUNDS:
+            scenario_argv += ["--rounds", str(args.rounds)]
+        if args.duration is not None and name in TAKES_DURATION:
+            scenario_argv += ["--duration", str(args.duration)]
         t0 = time.monotonic()
         entry: dict[str, object] = {"scenario": name}
         try:
             report = module.main(scenario_argv)
             entry.update(status="ok", bars=[bar.as_dict() for bar in report.bars])
+            errors = [row["error"] for row in report.rows if row.get("error")]
+            if errors:  # a measurement failed: the table has holes
+                entry.update(status="error", reason=errors[0])
+                failed = True
         except h.Skip as exc:
             print(f"SKIPPED: {exc}")
             entry.update(status="skipped", reason=str(exc))

@@ -1,6 +1,7 @@
-"""Every benchmark scenario runs end to end at its ``--quick`` size (the whole module
-in well under a minute) and writes sane JSON. The figures are not checked against the
-bars here; benchmarks/README.md holds the real runs."""
+"""Every benchmark scenario runs end to end at its ``--quick`` size (about a second of
+load each) and prints its Markdown table and writes sane JSON. The figures are not
+checked against the bars here (the machine is shared; a smoke test must not assert
+performance); benchmarks/README.md holds the real runs."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
+QUIET = {"ws_memory", "sqlite_latency", "micro"}  # plain-text tables only
 NEEDS = {
     "http_throughput": ("wrk", "redis-server", "gunicorn"),
     "http_latency": ("wrk", "redis-server", "gunicorn"),
+    "ws_echo": ("redis-server",),
+    "run_sqlite": ("wrk",),
     "group_send": ("redis-server",),
     "fanout": ("redis-server",),
     "ws_memory": ("redis-server",),
@@ -30,7 +34,9 @@ NEEDS = {
 
 
 def run_quick(name: str, tmp_path: Path) -> dict[str, Any]:
-    missing = [binary for binary in NEEDS[name] if shutil.which(binary) is None]
+    # The virtualenv's scripts count whether or not it is activated (as the harness does).
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    missing = [binary for binary in NEEDS[name] if shutil.which(binary, path=path) is None]
     if missing:
         pytest.skip(f"benchmark {name} needs {', '.join(missing)} on PATH")
     out = tmp_path / f"{name}.json"
@@ -49,6 +55,8 @@ def run_quick(name: str, tmp_path: Path) -> dict[str, Any]:
         pytest.skip(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert "JSON:" in done.stdout
+    assert f"Command: `python -m benchmarks.{name}" in done.stdout or name in QUIET, done.stdout
+    assert "| --- |" in done.stdout or name in QUIET, done.stdout
     data: dict[str, Any] = json.loads(out.read_text())
     assert data["scenario"] == name
     assert data["rows"], data
@@ -58,11 +66,36 @@ def run_quick(name: str, tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("name", ["http_throughput", "http_latency"])
 def test_http(name: str, tmp_path: Path) -> None:
     data = run_quick(name, tmp_path)
-    assert data["rows"][0]["config"].startswith("gunicorn")
+    configs = [row["config"] for row in data["rows"]]
+    assert configs[0].startswith("gunicorn sync") and configs[1].startswith("gunicorn gthread")
+    assert configs[2].startswith("naive bridge") and configs[3].startswith("wsgi-channels")
     for row in data["rows"]:
+        assert row["rounds_ok"] == 1 and "error" not in row, row
         assert row["rps"] > 0 and row["errors"] == 0, row
         assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"], row
-    assert len(data["bars"]) >= 1
+        assert row["runs"][0]["loadavg_1m"] >= 0, row
+    assert len(data["bars"]) >= 2
+
+
+def test_ws_echo(tmp_path: Path) -> None:
+    pytest.importorskip("channels")
+    data = run_quick("ws_echo", tmp_path)
+    servers = [row["server"] for row in data["rows"]]
+    assert servers[0].startswith("Channels") and servers[1].startswith("wsgi-channels")
+    for row in data["rows"]:
+        assert "error" not in row, row
+        assert row["rate_1"] > 0 and row["rate_32"] > 0, row
+        assert row["p99_32"] >= row["p50_32"] > 0, row
+    assert len(data["bars"]) == 2
+
+
+def test_run_sqlite(tmp_path: Path) -> None:
+    data = run_quick("run_sqlite", tmp_path)
+    assert [row["server"].split()[0] for row in data["rows"]] == ["flask", "wsgi-channels"]
+    for row in data["rows"]:
+        assert "error" not in row, row
+        assert row["rps"] > 0 and row["c1_rps"] > 0 and row["errors"] == 0, row
+        assert row["c1_p50_ms"] > 0, row
 
 
 def test_group_send(tmp_path: Path) -> None:
@@ -78,7 +111,9 @@ def test_group_send(tmp_path: Path) -> None:
 
 def test_fanout(tmp_path: Path) -> None:
     (row,) = run_quick("fanout", tmp_path)["rows"]
+    assert "error" not in row, row
     assert row["connected"] == row["clients"] == row["members"], row
+    assert row["iface_us_per_frame"] is not None and row["iface_us_per_frame"] >= 0, row
     assert row["lost"] == 0 and row["duplicates"] == 0, row
     assert row["last_p99_ms"] is not None
 

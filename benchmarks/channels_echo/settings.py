@@ -1,0 +1,18 @@
+"""Django settings of the Channels echo project (no database, no apps but channels)."""
+
+import os
+
+SECRET_KEY = "benchmark-only"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+INSTALLED_APPS = ["channels"]
+ROOT_URLCONF = "benchmarks.channels_echo.urls"
+ASGI_APPLICATION = "benchmarks.channels_echo.asgi.application"
+DATABASES: dict[str, object] = {}
+USE_TZ = True
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [os.environ.get("CHANNELS_ECHO_REDIS", "redis://127.0.0.1:1/0")]},
+    }
+}

@@ -1,0 +1,3 @@
+"""No HTTP views: the project serves only its WebSocket route."""
+
+urlpatterns: list[object] = []
