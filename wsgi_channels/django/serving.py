@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import CommandError
@@ -40,39 +39,13 @@ def serve_in_process(
     given_layer: str | None = None,
     on_bind: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve *app* with the interface server and a worker in this process, until
-    SIGINT/SIGTERM (from the main thread) or the process ends (under the
-    autoreloader, which runs this in a thread and exits the process to reload)."""
-    import uvicorn
-
-    from wsgi_channels.interface import InterfaceServer
-    from wsgi_channels.layers import set_default_layer
-    from wsgi_channels.worker import Worker
+    """Serve *app* with the interface server and a worker in this process; a port in
+    use or an unreachable layer is a CommandError."""
+    from wsgi_channels.inprocess import serve_app
 
     try:
-        cli._check_bind(host, port, None)
+        serve_app(
+            app, host, port, threads=threads, layer_url=layer_url(given_layer), on_bind=on_bind
+        )
     except cli.UsageProblem as exc:
         raise CommandError(str(exc)) from None
-    layer = open_layer(given_layer)
-    cli._configure_logging()
-    # The app's Group(...).send() must reach the layer served here.
-    set_default_layer(layer)
-    worker = Worker(app, layer, threads=threads)
-    # A daemon: the autoreloader ends the process with sys.exit() to restart it.
-    worker_thread = threading.Thread(target=worker.serve, name="wsgi-channels-worker", daemon=True)
-    worker_thread.start()
-    try:
-        config = uvicorn.Config(
-            InterfaceServer(layer), host=host, port=port, **cli._uvicorn_options()
-        )
-        try:
-            sock = cli._bind(config)
-        except cli.UsageProblem as exc:
-            raise CommandError(str(exc)) from None
-        if on_bind is not None:
-            on_bind(sock.getsockname()[1])
-        cli._serve(uvicorn.Server(config), sock)
-    finally:
-        worker.stop()
-        worker_thread.join(timeout=worker.graceful_timeout + 1)
-        layer.close()
