@@ -180,6 +180,8 @@ def test_runserver_serves_the_admin_with_its_css(runserver: tuple[Manage, int]) 
     assert sheet.headers["Content-Type"].startswith("text/css")
     assert len(sheet.content) > 100
     assert "Starting development server at http://127.0.0.1:" in server.output
+    assert f"Channel layer: sqlite:///{Path.cwd().anchor}" in server.output
+    assert "project-layer.sqlite3" in server.output
 
 
 def test_runserver_websocket_sees_the_logged_in_user(runserver: tuple[Manage, int]) -> None:

@@ -107,6 +107,7 @@ def test_flask_channels_run_serves_http_and_a_websocket(serve: tuple[Flask, int]
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "plain"
     assert talk(port) == ("hello", "echo ping")
     assert f"Running on http://127.0.0.1:{port}" in server.output
+    assert " * Channel layer: sqlite:///" in server.output
 
 
 def test_flask_debug_turns_on_debug_and_the_reloader(app_dir: Path) -> None:

@@ -60,7 +60,7 @@ def run_command(
     from werkzeug._reloader import run_with_reloader
     from werkzeug.serving import is_running_from_reloader
 
-    from wsgi_channels.inprocess import serve_app
+    from wsgi_channels.inprocess import layer_description, serve_app
 
     if reload is None:
         reload = get_debug_flag()
@@ -68,6 +68,7 @@ def run_command(
     def announce(bound: int) -> None:
         shown = f"[{host}]" if ":" in host else host
         click.echo(f" * Running on http://{shown}:{bound} (Press CTRL+C to quit)")
+        click.echo(f" * Channel layer: {layer_description(layer_url)}")
 
     def serve() -> None:
         try:

@@ -14,7 +14,14 @@ from wsgi_channels import cli
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["serve_app"]
+__all__ = ["layer_description", "serve_app"]
+
+
+def layer_description(layer_url: str | None) -> str:
+    """The URL of the layer *layer_url* resolves to, password masked, for a start line."""
+    from wsgi_channels.layers import DEFAULT_LAYER_URL, _django_setting, mask_url
+
+    return mask_url(layer_url or _django_setting() or DEFAULT_LAYER_URL)
 
 
 def serve_app(

@@ -15,7 +15,7 @@ from typing import Any
 from django.apps import apps
 from django.core.management.base import CommandError
 
-from wsgi_channels.django.serving import serve_in_process
+from wsgi_channels.django.serving import layer_url, serve_in_process
 
 if apps.is_installed("django.contrib.staticfiles"):
     from django.contrib.staticfiles.management.commands.runserver import (
@@ -42,6 +42,12 @@ class Command(BaseRunserver):  # type: ignore[misc]
             "sqlite:///.wsgi_channels.sqlite3). [env: WSGI_CHANNELS_LAYER]",
         )
 
+    def on_bind(self, server_port: int) -> None:
+        from wsgi_channels.inprocess import layer_description
+
+        super().on_bind(server_port)
+        self.stdout.write(f"Channel layer: {layer_description(layer_url(self._layer_option))}")
+
     def inner_run(self, *args: Any, **options: Any) -> None:
         from django.db import connections
         from django.utils import autoreload
@@ -53,6 +59,7 @@ class Command(BaseRunserver):  # type: ignore[misc]
         self.check_migrations()
         for conn in connections.all(initialized_only=True):
             conn.close()
+        self._layer_option = options.get("layer_url")
         host = self.addr
         if host == "0":
             host = "0.0.0.0"
