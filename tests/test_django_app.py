@@ -239,3 +239,27 @@ def test_runworker_and_runinterface_use_the_layer_setting(project: Path) -> None
         print(worker.output, interface.output)
         worker.stop()
         interface.stop()
+
+
+def test_a_runserver_listed_before_ours_is_a_check_warning(project: Path) -> None:
+    (project / "mysite" / "settings_late.py").write_text(
+        "from .settings import *  # noqa: F403\n\n"
+        "INSTALLED_APPS = [a for a in INSTALLED_APPS if a != 'wsgi_channels.django']"
+        " + ['wsgi_channels.django']  # noqa: F405\n"
+    )
+
+    def check(settings: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", "check", "--settings", settings],
+            cwd=project,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.stdout + result.stderr
+
+    late = check("mysite.settings_late")
+    assert "wsgi_channels.W001" in late
+    assert "django.contrib.staticfiles is listed before wsgi_channels.django" in late
+    assert "wsgi_channels.W001" not in check("mysite.settings")
