@@ -1,0 +1,164 @@
+"""``flask --app APP channels run``: the ``flask.commands`` entry point serves HTTP and
+WebSockets, with the reloader under ``--debug``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+import requests
+import websockets
+from conftest import free_port, wait_for_port
+from servers import child_env
+
+pytestmark = pytest.mark.slow
+
+APP = """
+from flask import Flask, request
+
+app = Flask(__name__)
+GREETING = "hello"
+
+
+@app.route("/")
+def index():
+    return "debug" if app.debug else "plain"
+
+
+@app.route("/ws")
+def ws():
+    event = request.environ.get("wsgi_channels.websocket")
+    if event == "connect":
+        return GREETING, 200, {"Content-Type": "text/plain"}
+    if event == "receive":
+        return "echo " + request.get_data(as_text=True), 200, {"Content-Type": "text/plain"}
+    return ""
+"""
+
+
+class Flask:
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flask", *args],
+            cwd=cwd,
+            env=child_env({"WSGI_CHANNELS_LAYER": f"sqlite:///{cwd / 'layer.sqlite3'}"}),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    (tmp_path / "liveapp.py").write_text(APP)
+    return tmp_path
+
+
+def talk(port: int) -> tuple[str, str]:
+    async def session() -> tuple[str, str]:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+            first = str(await asyncio.wait_for(ws.recv(), 10))
+            await ws.send("ping")
+            return first, str(await asyncio.wait_for(ws.recv(), 10))
+
+    return asyncio.run(session())
+
+
+@pytest.fixture
+def serve(app_dir: Path) -> Iterator[tuple[Flask, int]]:
+    port = free_port()
+    server = Flask(app_dir, "--app", "liveapp:app", "channels", "run", "--port", str(port))
+    try:
+        wait_for_port(port, timeout=30)
+        yield server, port
+    finally:
+        print(server.output)
+        server.stop()
+
+
+def test_flask_channels_run_serves_http_and_a_websocket(serve: tuple[Flask, int]) -> None:
+    server, port = serve
+    assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "plain"
+    assert talk(port) == ("hello", "echo ping")
+    assert f"Running on http://127.0.0.1:{port}" in server.output
+    assert " * Channel layer: sqlite:///" in server.output
+
+
+def test_flask_debug_turns_on_debug_and_the_reloader(app_dir: Path) -> None:
+    port = free_port()
+    server = Flask(app_dir, "--app", "liveapp:app", "--debug", "channels", "run", "-p", str(port))
+    try:
+        wait_for_port(port, timeout=30)
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "debug"
+        assert talk(port)[0] == "hello"
+        source = app_dir / "liveapp.py"
+        time.sleep(1.1)  # a later mtime than the one the reloader saw first
+        source.write_text(APP.replace('GREETING = "hello"', 'GREETING = "reloaded"'))
+        deadline = time.monotonic() + 30
+        seen = ""
+        while time.monotonic() < deadline and seen != "reloaded":
+            try:
+                seen = talk(port)[0]
+            except (OSError, websockets.WebSocketException):
+                seen = ""
+            time.sleep(0.3)
+        assert seen == "reloaded", server.output
+    finally:
+        print(server.output)
+        server.stop()
+
+
+def test_flask_channels_run_port_in_use_is_one_line(app_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flask",
+                "--app",
+                "liveapp:app",
+                "channels",
+                "run",
+                "--port",
+                str(port),
+            ],
+            cwd=app_dir,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
