@@ -27,6 +27,7 @@ so third-party layers such as ``asgi_redis`` work.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import itertools
@@ -58,10 +59,12 @@ from .protocol import (
     DISCONNECT_TYPE,
     DONE_KEY,
     EXT_KEY,
+    HTTP_REQUEST,
     MAX_FRAME_SIZE,
     SUBPROTOCOL_KEY,
     WEBSOCKET_EVENTS,
     WORKER_PREFIX,
+    full_retry_pauses,
 )
 
 __all__ = ["BodyIncomplete", "BodyStream", "Worker"]
@@ -72,6 +75,8 @@ access_log = logging.getLogger("wsgi_channels.access")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # receive(channels, block) -> (channel, message) or (None, None)
 Receive = Callable[..., tuple[Any, Any]]
+# receive_batch(channels, block, max_messages=n, max_records=n) -> [(channel, message)]
+ReceiveBatch = Callable[..., list[tuple[str, Any]]]
 
 #: How long a reply may wait on a full reply channel once the response has started
 #: (before that, the message's deadline rules: the interface stops waiting then).
@@ -86,10 +91,13 @@ _BAD_REQUEST = error_reply(400, b"Bad Request\n")
 _SERVER_ERROR = error_reply(500, b"Internal Server Error\n")
 
 
-class ChannelLayer(Protocol):
-    """The part of the ASGI 1.0 layer API the worker uses."""
+class Layer(Protocol):
+    """The ASGI 1.0 layer methods the worker uses (``receive_batch``, our
+    extension, and ``receive_many``, the older name of ``receive``, are looked up
+    with getattr; the ``groups`` extension is the app's business)."""
 
     def send(self, channel: str, message: dict[str, Any]) -> None: ...
+    def receive(self, channels: Any, block: bool = ...) -> tuple[Any, Any]: ...
     def new_channel(self, pattern: str) -> str: ...
 
 
@@ -244,7 +252,7 @@ class Worker:
     def __init__(
         self,
         app: WSGIApp,
-        layer: Any,
+        layer: Layer,
         *,
         threads: int = 8,
         graceful_timeout: float = 30.0,
@@ -269,9 +277,11 @@ class Worker:
         self.max_requests = int(max_requests)
         #: Messages taken from the layer so far.
         self.requests_taken = 0
-        receive = getattr(layer, "receive", None)
         # ASGI 1.0 layers before 1.0 final called it receive_many.
-        self._receive: Receive = receive if receive is not None else layer.receive_many
+        receive = getattr(layer, "receive", None) or getattr(layer, "receive_many", None)
+        if receive is None:
+            raise ConfigurationError("the layer has neither receive nor receive_many")
+        self._receive: Receive = receive
         # ASGI 1.0 layers expose their exception classes as attributes.
         self._full: tuple[type[BaseException], ...] = (
             getattr(layer, "ChannelFull", ChannelFull),
@@ -281,6 +291,10 @@ class Worker:
             getattr(layer, "MessageTooLarge", MessageTooLarge),
             MessageTooLarge,
         )
+        self._receive_batch: ReceiveBatch | None = getattr(layer, "receive_batch", None)
+        self._take_lock = threading.Lock()
+        self._handoff: collections.deque[tuple[str, Any]] = collections.deque()
+        self._busy = 0
         self._stopping = threading.Event()
         self._force = False
         self._count_lock = threading.Lock()
@@ -362,48 +376,96 @@ class Worker:
             log.info("worker stopped after %d messages", self.requests_taken)
 
     def _thread_loop(self, index: int) -> None:
-        """One pool thread: receive a message, run it, repeat.
+        """One pool thread: take messages, run one, repeat.
 
-        Every thread does its own blocking receive (leader/follower), so a message is
-        taken only by a thread that is free to run it at once, and messages not yet
-        taken stay in the layer where other workers can have them. A single receiving
-        thread handing messages to the pool measured slower: every message then waits
-        for a thread hand-off, and the receiving thread, which releases the GIL for
-        each round trip to the layer, waits behind app threads to get it back.
+        Leader/follower: the one free thread holding ``_take_lock`` takes, in one call
+        to ``receive_batch``, as many messages as there are free threads (never more,
+        so no message taken waits behind another), keeps the first and leaves the rest
+        in ``_handoff``; each free thread looks there before it takes the lock to
+        receive. Messages not yet taken stay in the layer, where other workers can
+        have them. Layers without ``receive_batch`` (ASGI 1.0) are read with one
+        blocking ``receive`` per thread, as they serve one message per call anyway.
+        Each receive starts at the next place in the rotation of channel orders, so a
+        busy ``http.request`` cannot starve the ``websocket.*`` channels on layers
+        that read the first non-empty channel.
         """
-        # Start each thread at a different place in the rotation of channel orders so
-        # a busy http.request cannot starve the websocket.* channels in layers that
-        # read the first non-empty channel.
         names = self.channels
         orders = [names[i:] + names[:i] for i in range(len(names))]
         rotations = itertools.islice(itertools.cycle(orders), index % len(orders), None)
         stopping = self._stopping
-        receive = self._receive
-        max_requests = self.max_requests
+        handoff = self._handoff
         while not stopping.is_set():
             try:
-                channel, message = receive(next(rotations), True)
-            except Exception as exc:
-                log.warning("receiving from the layer failed: %s; retrying", exc)
-                stopping.wait(1.0)
-                continue
-            if channel is None:
-                continue
-            with self._count_lock:
-                self.requests_taken += 1
-                if max_requests and self.requests_taken >= max_requests:
-                    log.info("max_requests (%d) reached, stopping", max_requests)
-                    stopping.set()
-            # A message taken is run even when a stop began meanwhile: it is no longer
-            # in the layer, so dropping it would lose it.
+                channel, message = handoff.popleft()
+            except IndexError:
+                batch = self._take(rotations)
+                if not batch:
+                    continue
+                channel, message = batch[0]
+                handoff.extend(batch[1:])
             try:
-                if channel == "http.request":
-                    self.handle_http(message)
-                else:
-                    self.handle_websocket(WEBSOCKET_EVENTS[channel], message)
-            except Exception:
-                # Only a bug of ours gets here; the thread must survive it.
-                log.exception("unexpected error handling a message")
+                self._dispatch(channel, message)
+            finally:
+                with self._count_lock:
+                    self._busy -= 1
+
+    def _take(self, rotations: Iterator[list[str]]) -> list[tuple[str, Any]]:
+        """Receive up to one message per free thread (see :meth:`_thread_loop`);
+        every message returned counts as busy until it is dispatched and done."""
+        stopping = self._stopping
+        batch: list[tuple[str, Any]]
+        try:
+            if self._receive_batch is None:
+                channel, message = self._receive(next(rotations), True)
+                batch = [] if channel is None else [(channel, message)]
+            else:
+                if not self._take_lock.acquire(timeout=TICK_INTERVAL):
+                    return []
+                try:
+                    if self._handoff or stopping.is_set():
+                        return []  # handed off meanwhile: take from there first
+                    with self._count_lock:
+                        busy = self._busy
+                    free = self.threads - busy
+                    # With every thread idle there is no backlog to share a round trip
+                    # with (concurrency 1): one blocking pop, as receive() does.
+                    records = free if busy else 1
+                    batch = self._receive_batch(
+                        next(rotations), True, max_messages=free, max_records=records
+                    )
+                    self._count(batch)
+                    return batch
+                finally:
+                    self._take_lock.release()
+        except Exception as exc:
+            log.warning("receiving from the layer failed: %s; retrying", exc)
+            stopping.wait(1.0)
+            return []
+        self._count(batch)
+        return batch
+
+    def _count(self, batch: list[tuple[str, Any]]) -> None:
+        if not batch:
+            return
+        max_requests = self.max_requests
+        with self._count_lock:
+            self._busy += len(batch)
+            self.requests_taken += len(batch)
+            if max_requests and self.requests_taken >= max_requests:
+                log.info("max_requests (%d) reached, stopping", max_requests)
+                self._stopping.set()
+
+    def _dispatch(self, channel: str, message: Any) -> None:
+        # A message taken is run even when a stop began meanwhile: it is no longer in
+        # the layer, so dropping it would lose it.
+        try:
+            if channel == HTTP_REQUEST:
+                self.handle_http(message)
+            else:
+                self.handle_websocket(WEBSOCKET_EVENTS[channel], message)
+        except Exception:
+            # Only a bug of ours gets here; the thread must survive it.
+            log.exception("unexpected error handling a message")
 
     def _drain(self, pool: list[threading.Thread], on_tick: Callable[[], None] | None) -> None:
         """Wait until every pool thread has finished its message and returned, up to
@@ -457,7 +519,7 @@ class Worker:
         InvalidResponse when the reply is too large for the layer (huge headers), so
         that the caller can still answer 500.
         """
-        delay = 0.002
+        pauses = full_retry_pauses()
         while True:
             try:
                 self.layer.send(channel, message)
@@ -473,8 +535,7 @@ class Worker:
             now = time.time()
             if now >= deadline:
                 raise _Abandon("the reply channel stayed full until the deadline")
-            time.sleep(min(delay, deadline - now))
-            delay = min(delay * 2, 0.1)
+            time.sleep(min(next(pauses), deadline - now))
 
     # -- HTTP -------------------------------------------------------------------------
 

@@ -1,0 +1,92 @@
+"""The worker's data path: one call takes up to one message per free thread, none
+waits behind another, and http.request cannot starve the websocket.* channels."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from _worker_helpers import http_message, read_reply, running_worker
+
+from wsgi_channels.layers.memory import MemoryChannelLayer
+
+
+def _sleepy_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    time.sleep(0.4)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["PATH_INFO"].encode()]
+
+
+class CountingLayer(MemoryChannelLayer):
+    """A real memory layer that remembers how many messages each batch call returned."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batches: list[int] = []
+
+    def receive_batch(self, channels: Any, block: bool = False, **kwargs: Any) -> Any:
+        batch = super().receive_batch(channels, block, **kwargs)
+        if batch and "http.request" in channels:
+            self.batches.append(len(batch))
+        return batch
+
+
+def _burst(layer: Any, n: int) -> list[dict[str, Any]]:
+    messages = [http_message(layer, path=f"/{i}") for i in range(n)]
+    for message in messages:
+        layer.send("http.request", message)
+    return messages
+
+
+def test_messages_taken_together_run_at_once() -> None:
+    # Four slow requests queued before the worker starts, four threads: the worker
+    # takes them in fewer calls than messages, and all four run in parallel (none
+    # waits behind another), so the last answer comes after ~0.4 s, not 1.6 s.
+    layer = CountingLayer(receive_timeout=0.2)
+    messages = _burst(layer, 4)
+    started = time.monotonic()
+    with running_worker(_sleepy_app, layer, threads=4):
+        replies = [read_reply(layer, m["reply_channel"]) for m in messages]
+    elapsed = time.monotonic() - started
+    assert [r.body for r in replies] == [b"/0", b"/1", b"/2", b"/3"]
+    assert elapsed < 1.2, elapsed
+    assert sum(layer.batches) == 4
+    assert max(layer.batches) <= 4
+
+
+def test_never_more_than_free_threads() -> None:
+    # Two threads, six slow requests: no batch is larger than the free threads, so
+    # every request answers ~0.4 s after it was taken, in three waves.
+    layer = CountingLayer(receive_timeout=0.2)
+    messages = _burst(layer, 6)
+    done: list[float] = []
+    started = time.monotonic()
+    with running_worker(_sleepy_app, layer, threads=2):
+        for m in messages:
+            read_reply(layer, m["reply_channel"])
+            done.append(time.monotonic() - started)
+    assert max(layer.batches) <= 2
+    assert done[-1] < 2.0, done
+
+
+def test_websocket_events_not_starved_by_http() -> None:
+    # 40 requests queued, then one websocket.connect: the connect is served among the
+    # first requests, not after all 40.
+    layer = MemoryChannelLayer(receive_timeout=0.2)
+    messages = _burst(layer, 40)
+    connect = http_message(layer, path="/ws")
+    connect["order"] = 0
+    layer.send("websocket.connect", connect)
+    calls: list[str] = []
+
+    def ws_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append("ws" if "wsgi_channels.websocket" in environ else "http")
+        time.sleep(0.01)
+        start_response("200 OK", [])
+        return [b"x"]
+
+    with running_worker(ws_app, layer, threads=2):
+        for m in messages:
+            read_reply(layer, m["reply_channel"])
+    assert calls.count("ws") == 1
+    assert calls.index("ws") < 8, calls
