@@ -182,10 +182,8 @@ def encode_message(message: Mapping[str, Any], max_size: int = MAX_MESSAGE_SIZE)
     if not isinstance(message, dict):
         raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
     try:
+        _check_str_keys(message)
         data: bytes = msgpack.packb(message, use_bin_type=True, datetime=False)
-        # Decoding again is the cheapest complete check for map keys that are not str
-        # (strict_map_key alone lets bytes keys through); the hook runs once per map.
-        msgpack.unpackb(data, raw=False, object_pairs_hook=_check_str_keys)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMessage(f"message cannot be encoded with msgpack: {exc}") from None
     if len(data) > max_size:
@@ -195,10 +193,32 @@ def encode_message(message: Mapping[str, Any], max_size: int = MAX_MESSAGE_SIZE)
     return data
 
 
-def _check_str_keys(pairs: list[tuple[Any, Any]]) -> None:
-    for key, _value in pairs:
-        if type(key) is not str:
-            raise ValueError(f"map keys must be str, not {type(key).__name__} ({key!r:.40})")
+def _check_str_keys(value: Any, depth: int = 0) -> None:
+    """Refuse map keys that are not str, at any depth (msgpack itself would encode
+    bytes or int keys). A walk in Python is cheaper than decoding again: messages are
+    shallow, and only containers are visited."""
+    if depth > 512:
+        raise ValueError("message nests too deeply")
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ValueError(f"map keys must be str, not {type(key).__name__} ({key!r:.40})")
+            if isinstance(item, _CONTAINERS):
+                _check_str_keys(item, depth + 1)
+    elif kind is list or kind is tuple:
+        for item in value:
+            if isinstance(item, _CONTAINERS):
+                _check_str_keys(item, depth + 1)
+    elif isinstance(value, (dict, list, tuple)):  # subclasses: walk them the slow way
+        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        for key, item in items:
+            if isinstance(value, dict) and type(key) is not str:
+                raise ValueError(f"map keys must be str, not {type(key).__name__} ({key!r:.40})")
+            _check_str_keys(item, depth + 1)
+
+
+_CONTAINERS = (dict, list, tuple)
 
 
 def decode_message(data: bytes) -> Message:
