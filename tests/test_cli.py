@@ -223,3 +223,26 @@ def test_run_reload_restarts_when_the_app_changes(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("--group", "chatroom", "--json", '{"text": 1}'), id="group-text-int"),
+        pytest.param(("--channel", "some.member", "--json", '{"close": "x"}'), id="channel-close"),
+    ],
+)
+def test_send_refuses_invalid_websocket_reply(sqlite_url: str, args: tuple[str, ...]) -> None:
+    from wsgi_channels.layers import layer_from_url
+
+    layer = layer_from_url(sqlite_url)
+    try:
+        layer.group_add("chatroom", "some.member")
+        sent = wsgi_channels("send", "--layer", sqlite_url, *args)
+        assert sent.returncode == 2
+        lines = sent.stderr.strip().splitlines()
+        assert len(lines) == 1, sent.stderr
+        assert "not a valid WebSocket message" in lines[0]
+        assert layer.receive(["some.member"]) == (None, None)
+    finally:
+        layer.close()

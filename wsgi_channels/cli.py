@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from .layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url, mask_url
-from .layers.base import ChannelsError, ConfigurationError, LayerUnavailable
+from .layers.base import ChannelsError, ConfigurationError, InvalidMessage, LayerUnavailable
+from .protocol import validate_websocket_reply
 
 if TYPE_CHECKING:
     import socket
@@ -598,6 +599,10 @@ def send(
             raise click.UsageError('--json must be a JSON object, like \'{"text": "hi"}\'')
     else:
         message = {"text": text}
+    try:
+        validate_websocket_reply(message)
+    except InvalidMessage as exc:
+        raise click.UsageError(f"--json: {exc}") from None
     layer = open_layer(layer_url)
     try:
         if group is not None:
