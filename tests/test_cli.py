@@ -119,7 +119,9 @@ def test_run_prints_its_url_and_serves(tmp_path: Path) -> None:
     process = CliProcess("run", "apps:echo", "--bind", f"127.0.0.1:{port}", "--layer", url)
     process.start()
     try:
-        process.wait_for_output(f" * Running on http://127.0.0.1:{port} (Press CTRL+C to quit)")
+        process.wait_for_output(
+            f" * Running on http://127.0.0.1:{port} with layer {url} (Press CTRL+C to quit)"
+        )
         wait_for_port(port)
         response = requests.get(f"http://127.0.0.1:{port}/hi", timeout=10)
         assert response.status_code == 200
@@ -246,3 +248,76 @@ def test_send_refuses_invalid_websocket_reply(sqlite_url: str, args: tuple[str, 
         assert layer.receive(["some.member"]) == (None, None)
     finally:
         layer.close()
+
+
+def test_commands_without_app_read_the_django_setting(tmp_path: Path) -> None:
+    """stats, send and interface use a Django project's WSGI_CHANNELS_LAYER setting when
+    neither --layer nor the environment names a layer, like worker and run."""
+    pytest.importorskip("django")
+    from wsgi_channels.layers import layer_from_url
+
+    layer_file = tmp_path / "from-settings.sqlite3"
+    (tmp_path / "mysettings.py").write_text(
+        f"SECRET_KEY = 'x'\nWSGI_CHANNELS_LAYER = {f'sqlite:///{layer_file}'!r}\n"
+    )
+    env = {"DJANGO_SETTINGS_MODULE": "mysettings"}
+    layer = layer_from_url(f"sqlite:///{layer_file}")
+    try:
+        layer.group_add("fans", "some.member")
+
+        def command(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                cli_command(*args),
+                capture_output=True,
+                text=True,
+                env=child_env(env),
+                cwd=tmp_path,
+                timeout=30,
+            )
+
+        sent = command("send", "--group", "fans", "--text", "hi")
+        assert sent.returncode == 0, sent.stderr
+        assert "1 member" in sent.stdout
+        assert layer.receive(["some.member"])[1] == {"text": "hi"}
+        stats = command("stats")
+        assert stats.returncode == 0, stats.stderr
+        assert f"layer: sqlite:///{layer_file}" in stats.stdout
+        assert "fans" in stats.stdout
+        assert not (tmp_path / ".wsgi_channels.sqlite3").exists()
+        port = free_port()
+        server = CliProcess("interface", "--bind", f"127.0.0.1:{port}", env=env, cwd=tmp_path)
+        server.start()
+        try:
+            server.wait_for_output("Running on", timeout=15)
+            wait_for_port(port, timeout=15)
+            assert f"with layer sqlite:///{layer_file}" in server.output
+        finally:
+            assert server.stop() == 0
+    finally:
+        layer.close()
+
+
+def test_start_line_names_bind_and_layer(tmp_path: Path) -> None:
+    """One line at start: where it listens and which layer, an SQLite file as an
+    absolute path (a relative URL is relative to the directory it was started in)."""
+    port = free_port()
+    server = CliProcess(
+        "run",
+        "apps:echo",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--layer",
+        "sqlite:///relative.sqlite3",
+        cwd=tmp_path,
+    )
+    server.start()
+    try:
+        server.wait_for_output("Running on", timeout=15)
+        wait_for_port(port, timeout=15)
+        lines = [line for line in server.output.splitlines() if "Running on" in line]
+        assert lines == [
+            f" * Running on http://127.0.0.1:{port} with layer "
+            f"sqlite:///{tmp_path / 'relative.sqlite3'} (Press CTRL+C to quit)"
+        ]
+    finally:
+        assert server.stop() == 0

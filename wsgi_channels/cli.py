@@ -218,13 +218,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}{where}"
 
 
-def open_layer(url: str | None) -> BaseChannelLayer:
-    """The layer named by *url*, else by a Django project's ``WSGI_CHANNELS_LAYER``
-    setting (readable once APP has been loaded), else the default; checked to be
-    reachable."""
+def layer_url_of(url: str | None) -> str:
+    """*url* (``--layer`` or ``WSGI_CHANNELS_LAYER``), else a Django project's
+    ``WSGI_CHANNELS_LAYER`` setting, else the default.
+
+    The setting is read once APP has been loaded, or, for commands without an APP, from
+    the settings module that ``DJANGO_SETTINGS_MODULE`` names (imported with the
+    current directory on ``sys.path``, as ``manage.py`` would).
+    """
     from .layers import _django_setting
 
-    url = url or _django_setting() or DEFAULT_LAYER_URL
+    if url:
+        return url
+    if os.environ.get("DJANGO_SETTINGS_MODULE") and "django.conf" not in sys.modules:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        with contextlib.suppress(ImportError):
+            import django.conf  # noqa: F401 - makes the settings readable
+    return _django_setting() or DEFAULT_LAYER_URL
+
+
+def open_layer(url: str | None) -> BaseChannelLayer:
+    """The layer named by :func:`layer_url_of`, checked to be reachable."""
+    url = layer_url_of(url)
     try:
         layer = layer_from_url(url)
         layer.channel_statistics("http.request")  # a cheap call that needs the server
@@ -235,11 +251,25 @@ def open_layer(url: str | None) -> BaseChannelLayer:
     return layer
 
 
-def _serving_line(host: str | None, port: int | None, uds: str | None) -> str:
+def shown_layer_url(url: str) -> str:
+    """*url* as the start line shows it: password masked, an SQLite file as an absolute
+    path (a process started from another directory uses another file)."""
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme.lower() == "sqlite" and not parsed.netloc and parsed.path.startswith("/"):
+        path = os.path.abspath(urllib.parse.unquote(parsed.path[1:]))
+        return f"sqlite:///{path}" + (f"?{parsed.query}" if parsed.query else "")
+    return mask_url(url)
+
+
+def _serving_line(host: str | None, port: int | None, uds: str | None, layer_url: str) -> str:
     if uds is not None:
-        return f" * Running on unix:{uds} (Press CTRL+C to quit)"
-    shown = f"[{host}]" if host and ":" in host else host
-    return f" * Running on http://{shown}:{port} (Press CTRL+C to quit)"
+        where = f"unix:{uds}"
+    else:
+        shown = f"[{host}]" if host and ":" in host else host
+        where = f"http://{shown}:{port}"
+    return f" * Running on {where} with layer {shown_layer_url(layer_url)} (Press CTRL+C to quit)"
 
 
 def _uvicorn_options() -> dict[str, Any]:
@@ -345,8 +375,8 @@ def run(app: str, bind: str, layer_url: str | None, threads: int, reload: bool) 
         from werkzeug.serving import is_running_from_reloader
 
         if not is_running_from_reloader():
-            click.echo(_serving_line(host, port, uds))
             load_app(app)  # fail now, once, rather than in every restarted child
+            click.echo(_serving_line(host, port, uds, layer_url_of(layer_url)))
         run_with_reloader(lambda: _run(app, host, port, uds, layer_url, threads, announce=False))
         return
     _run(app, host, port, uds, layer_url, threads, announce=True)
@@ -388,7 +418,8 @@ def _run(
         server = uvicorn.Server(config)
         sock = _bind(config)
         if announce:
-            click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds))
+            port = sock.getsockname()[1] if uds is None else None
+            click.echo(_serving_line(host, port, uds, layer_url_of(layer_url)))
         _serve(server, sock)
     finally:
         worker.stop()
@@ -512,7 +543,7 @@ def interface(
     host, port, uds = parse_bind(bind)
     _check_interface_options(http_timeout, websocket_connect_timeout, allowed_origins)
     _check_bind(host, port, uds)
-    url = layer_url or DEFAULT_LAYER_URL
+    url = layer_url_of(layer_url)
     open_layer(url).close()
     _configure_logging()
     # Each process builds its InterfaceServer with create_app() from these variables:
@@ -530,7 +561,7 @@ def interface(
     options = _uvicorn_options()
     if workers > 1:
         # uvicorn's supervisor binds the socket and logs where it listens.
-        click.echo(_serving_line(host, port, uds))
+        click.echo(_serving_line(host, port, uds, url))
         uvicorn.run(
             "wsgi_channels.interface:create_app",
             factory=True,
@@ -547,7 +578,7 @@ def interface(
         create_app(), host=host or "127.0.0.1", port=port or 0, uds=uds, **options
     )
     sock = _bind(config)
-    click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds))
+    click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds, url))
     _serve(uvicorn.Server(config), sock)
 
 
@@ -623,7 +654,7 @@ def send(
 @layer_option
 def stats(layer_url: str | None) -> None:
     """Show the layer's queues (pending / capacity) and groups (members)."""
-    url = layer_url or DEFAULT_LAYER_URL
+    url = layer_url_of(layer_url)
     layer = open_layer(url)
     try:
         overview = layer.overview()
