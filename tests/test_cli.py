@@ -41,8 +41,19 @@ def wsgi_channels(
         pytest.param(("send", "--group", "g"), "--text and --json", id="send-no-body"),
         pytest.param(
             ("stats", "--layer", "redis://127.0.0.1:1/0?socket_connect_timeout=1"),
-            "unreachable",
+            "Redis at redis://127.0.0.1:1/0?socket_connect_timeout=1 is unavailable: ",
             id="layer-down",
+        ),
+        pytest.param(
+            ("interface", "--bind", "unix:/nonexistent-dir/app.sock", "--layer", "memory://"),
+            "cannot listen on unix:/nonexistent-dir/app.sock: directory /nonexistent-dir does "
+            "not exist",
+            id="interface-unix-socket-missing-dir",
+        ),
+        pytest.param(
+            ("run", "apps:echo", "--bind", "unix:/nonexistent-dir/app.sock"),
+            "directory /nonexistent-dir does not exist",
+            id="run-unix-socket-missing-dir",
         ),
     ],
 )
@@ -53,6 +64,15 @@ def test_errors_are_one_line_and_exit_2(args: tuple[str, ...], expected: str) ->
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
+    assert "unreachable" not in result.stderr  # one sentence, not two stacked ones
+
+
+def test_no_command_lists_the_commands() -> None:
+    result = wsgi_channels()
+    assert result.returncode == 2
+    listed = result.stdout.split("Commands:", 1)[1].split()
+    for command in ("interface", "run", "send", "stats", "worker"):
+        assert command in listed
 
 
 @pytest.mark.parametrize(

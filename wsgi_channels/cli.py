@@ -245,7 +245,9 @@ def open_layer(url: str | None) -> BaseChannelLayer:
         layer = layer_from_url(url)
         layer.channel_statistics("http.request")  # a cheap call that needs the server
     except LayerUnavailable as exc:
-        _fail(f"channel layer {mask_url(url)} is unreachable: {exc}")
+        # Our layers' messages already name the (masked) URL and the reason.
+        reason = str(exc)
+        _fail(reason if mask_url(url) in reason else f"channel layer {mask_url(url)}: {reason}")
     except ChannelsError as exc:
         _fail(str(exc))
     return layer
@@ -455,7 +457,14 @@ def _check_bind(host: str | None, port: int | None, uds: str | None) -> None:
     anything else starts. uvicorn would log the OSError on lines of its own."""
     import socket
 
-    if uds is not None or not port:
+    if uds is not None:
+        directory = os.path.dirname(os.path.abspath(uds))
+        if not os.path.isdir(directory):
+            _fail(f"cannot listen on unix:{uds}: directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            _fail(f"cannot listen on unix:{uds}: directory {directory} is not writable")
+        return
+    if not port:
         return
     family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -690,8 +699,14 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str)
 def main(argv: list[str] | None = None) -> NoReturn:
     """The console entry point: run :func:`cli`, turning every usage problem into one
     line on stderr and exit status 2."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        # The commands, rather than click's one-line "Missing command".
+        with click.Context(cli, info_name="wsgi-channels") as ctx:
+            click.echo(cli.get_help(ctx))
+        sys.exit(2)
     try:
-        result = cli.main(args=argv, prog_name="wsgi-channels", standalone_mode=False)
+        result = cli.main(args=args, prog_name="wsgi-channels", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
