@@ -341,3 +341,46 @@ def test_start_line_names_bind_and_layer(tmp_path: Path) -> None:
         ]
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_run_reload_after_a_syntax_error_is_one_line_then_recovers(tmp_path: Path) -> None:
+    source = tmp_path / "reloading.py"
+    source.write_text(RELOAD_APP.format(body=b"first"))
+    port = free_port()
+    server = CliProcess(
+        "run",
+        "reloading:app",
+        "--reload",
+        "--layer",
+        "memory://",
+        "--bind",
+        f"127.0.0.1:{port}",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    server.start()
+    try:
+        wait_for_port(port, timeout=20)
+        time.sleep(1.1)  # the stat reloader compares modification times
+        source.write_text("def app(:\n")
+        server.wait_for_output("(waiting for a change)", timeout=20)
+        time.sleep(0.5)
+        errors = [line for line in server.output.splitlines() if "error" in line.lower()]
+        assert len(errors) == 1, server.output
+        assert "SyntaxError" in errors[0]
+        assert "reloading.py" in errors[0]
+        assert "Traceback" not in server.output
+        assert "Exception in thread" not in server.output
+        time.sleep(1.1)
+        source.write_text(RELOAD_APP.format(body=b"fixed"))
+        deadline = time.monotonic() + 20
+        body = b""
+        while time.monotonic() < deadline and body != b"fixed":
+            with contextlib.suppress(requests.ConnectionError):  # while it restarts
+                body = requests.get(f"http://127.0.0.1:{port}/", timeout=2).content
+            time.sleep(0.2)
+        assert body == b"fixed"
+    finally:
+        server.signal(signal.SIGINT)
+        server.stop()

@@ -379,7 +379,16 @@ def run(app: str, bind: str, layer_url: str | None, threads: int, reload: bool) 
         if not is_running_from_reloader():
             load_app(app)  # fail now, once, rather than in every restarted child
             click.echo(_serving_line(host, port, uds, layer_url_of(layer_url)))
-        run_with_reloader(lambda: _run(app, host, port, uds, layer_url, threads, announce=False))
+
+        def serve_until_changed() -> None:
+            # Runs in a thread of werkzeug's reloader: an app that no longer imports (a
+            # syntax error being fixed) is one line, and the reloader waits for the fix.
+            try:
+                _run(app, host, port, uds, layer_url, threads, announce=False)
+            except (UsageProblem, ConfigurationError) as exc:
+                click.echo(f"wsgi-channels: error: {exc} (waiting for a change)", err=True)
+
+        run_with_reloader(serve_until_changed)
         return
     _run(app, host, port, uds, layer_url, threads, announce=True)
 
