@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import subprocess
@@ -384,3 +385,71 @@ def test_run_reload_after_a_syntax_error_is_one_line_then_recovers(tmp_path: Pat
     finally:
         server.signal(signal.SIGINT)
         server.stop()
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+
+
+def test_run_logs_one_format_and_no_uvicorn_banner(tmp_path: Path) -> None:
+    port = free_port()
+    server = CliProcess("run", "apps:echo", "--bind", f"127.0.0.1:{port}", "--layer", "memory://")
+    server.start()
+    try:
+        wait_for_port(port, timeout=15)
+        assert requests.get(f"http://127.0.0.1:{port}/logged", timeout=10).status_code == 200
+        server.wait_for_output('"GET /logged HTTP/1.1" 200', timeout=5)
+    finally:
+        assert server.stop() == 0
+    lines = [line for line in server.output.splitlines() if line.strip()]
+    start = [line for line in lines if "Running on" in line]
+    assert start == [
+        f" * Running on http://127.0.0.1:{port} with layer memory:// (Press CTRL+C to quit)"
+    ]
+    assert "Uvicorn running on" not in server.output
+    others = [line for line in lines if line not in start]
+    assert any(" uvicorn: " in line for line in others)  # uvicorn's lines, in our format
+    assert all(LOG_LINE.match(line) for line in others), server.output
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param(("--log-level", "warning", "--no-access-log"), {}, id="options"),
+        pytest.param(
+            (),
+            {"WSGI_CHANNELS_LOG_LEVEL": "warning", "WSGI_CHANNELS_ACCESS_LOG": "0"},
+            id="environment",
+        ),
+    ],
+)
+def test_log_level_and_access_log_on_every_long_running_command(
+    sqlite_url: str, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    port = free_port()
+    bind = ("--bind", f"127.0.0.1:{port}")
+    interface = CliProcess("interface", *bind, "--layer", sqlite_url, *args, env=env).start()
+    worker = CliProcess("worker", "apps:echo", "--layer", sqlite_url, *args, env=env).start()
+    run_port = free_port()
+    run = CliProcess(
+        "run",
+        "apps:echo",
+        "--bind",
+        f"127.0.0.1:{run_port}",
+        "--layer",
+        "memory://",
+        *args,
+        env=env,
+    ).start()
+    try:
+        wait_for_port(port, timeout=15)
+        wait_for_port(run_port, timeout=15)
+        for url in (f"http://127.0.0.1:{port}/quiet", f"http://127.0.0.1:{run_port}/quiet"):
+            assert requests.get(url, timeout=20).status_code == 200
+        time.sleep(1)  # the access log is written at most 0.5 s late
+    finally:
+        codes = [process.stop() for process in (interface, worker, run)]
+    for process in (interface, worker, run):
+        assert " INFO " not in process.output, process.output
+        assert "/quiet" not in process.output
+        assert "Running" in process.output  # the start line stays
+    assert codes == [0, 0, 0]

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["cli", "main"]
 
 DEFAULT_BIND = "127.0.0.1:8000"
+LOG_LEVELS_CHOICES = ("critical", "error", "warning", "info", "debug")
 
 
 class UsageProblem(Exception):
@@ -80,6 +81,22 @@ bind_option = click.option(
     show_default=True,
     metavar="HOST:PORT",
     help="Address to listen on: HOST:PORT, [IPv6]:PORT or unix:PATH. [env: WSGI_CHANNELS_BIND]",
+)
+log_level_option = click.option(
+    "--log-level",
+    envvar=_env("LOG_LEVEL"),
+    type=click.Choice(LOG_LEVELS_CHOICES, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Least severe log lines written. [env: WSGI_CHANNELS_LOG_LEVEL]",
+)
+access_log_option = click.option(
+    "--access-log/--no-access-log",
+    envvar=_env("ACCESS_LOG"),
+    default=True,
+    show_default=True,
+    help="One line per request, written by the worker (of run and worker). "
+    "[env: WSGI_CHANNELS_ACCESS_LOG]",
 )
 threads_option = click.option(
     "--threads",
@@ -195,10 +212,55 @@ class _BufferedAccessLog(logging.StreamHandler):  # type: ignore[type-arg]
             self.really_flush()
 
 
-def _configure_logging() -> None:
-    # The worker's access log and the interface's warnings, on stderr like uvicorn's.
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+class _NoUvicornBanner(logging.Filter):
+    """Drops uvicorn's own "Uvicorn running on ..." lines: our start line says where
+    we listen, and which layer. uvicorn's general logger, ``uvicorn.error``, is shown
+    as ``uvicorn``: its lines are mostly not errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("uvicorn"):
+            return True
+        if str(record.msg).startswith("Uvicorn running on"):
+            return False
+        if record.name == "uvicorn.error":
+            record.name = "uvicorn"
+        return True
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """The logging configuration of our commands, as uvicorn takes it (``log_config``):
+    uvicorn's lines and ours in one format on stderr, at *level*. uvicorn applies it in
+    each process it starts, so ``--workers`` children log the same way."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"format": LOG_FORMAT}},
+        "filters": {"no_banner": {"()": _NoUvicornBanner}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "filters": ["no_banner"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        # uvicorn's loggers reach the root handler, not handlers of their own.
+        "loggers": {
+            name: {"handlers": [], "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+        },
+    }
+
+
+def _configure_logging(level: str = "info", *, access_log: bool = True) -> None:
+    """Our log format and *level* on stderr; the access log (the worker's one line per
+    request) on or off, whatever the level."""
+    import logging.config
+
+    logging.config.dictConfig(log_config(level))
     access = logging.getLogger("wsgi_channels.access")
+    access.setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
     if not any(isinstance(h, _BufferedAccessLog) for h in access.handlers):
         handler = _BufferedAccessLog()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -274,7 +336,7 @@ def _serving_line(host: str | None, port: int | None, uds: str | None, layer_url
     return f" * Running on {where} with layer {shown_layer_url(layer_url)} (Press CTRL+C to quit)"
 
 
-def _uvicorn_options() -> dict[str, Any]:
+def _uvicorn_options(log_level: str) -> dict[str, Any]:
     """uvicorn settings shared by ``run`` and ``interface``.
 
     ``ws``: wsproto, measured (1,000 idle WebSockets through this interface server,
@@ -293,7 +355,8 @@ def _uvicorn_options() -> dict[str, Any]:
         "ws_max_size": MAX_FRAME_SIZE,
         "lifespan": "on",
         "access_log": False,
-        "log_level": "info",
+        "log_level": log_level,
+        "log_config": log_config(log_level),
         "server_header": False,
         "timeout_graceful_shutdown": 30,
     }
@@ -361,13 +424,23 @@ def _limit_malloc_arenas() -> None:
 @bind_option
 @layer_option
 @threads_option
+@log_level_option
+@access_log_option
 @click.option(
     "--reload",
     is_flag=True,
     envvar=_env("RELOAD"),
     help="Restart when a Python file changes (development). [env: WSGI_CHANNELS_RELOAD]",
 )
-def run(app: str, bind: str, layer_url: str | None, threads: int, reload: bool) -> None:
+def run(
+    app: str,
+    bind: str,
+    layer_url: str | None,
+    threads: int,
+    log_level: str,
+    access_log: bool,
+    reload: bool,
+) -> None:
     """Serve APP for development: interface server and worker in one process."""
     host, port, uds = parse_bind(bind)
     if reload:
@@ -384,13 +457,22 @@ def run(app: str, bind: str, layer_url: str | None, threads: int, reload: bool) 
             # Runs in a thread of werkzeug's reloader: an app that no longer imports (a
             # syntax error being fixed) is one line, and the reloader waits for the fix.
             try:
-                _run(app, host, port, uds, layer_url, threads, announce=False)
+                _run(
+                    app,
+                    host,
+                    port,
+                    uds,
+                    layer_url,
+                    threads,
+                    (log_level, access_log),
+                    announce=False,
+                )
             except (UsageProblem, ConfigurationError) as exc:
                 click.echo(f"wsgi-channels: error: {exc} (waiting for a change)", err=True)
 
         run_with_reloader(serve_until_changed)
         return
-    _run(app, host, port, uds, layer_url, threads, announce=True)
+    _run(app, host, port, uds, layer_url, threads, (log_level, access_log), announce=True)
 
 
 def _run(
@@ -400,6 +482,7 @@ def _run(
     uds: str | None,
     layer_url: str | None,
     threads: int,
+    logs: tuple[str, bool],
     *,
     announce: bool,
 ) -> None:
@@ -412,7 +495,8 @@ def _run(
     app = load_app(app_spec)
     _check_bind(host, port, uds)
     layer = open_layer(layer_url)
-    _configure_logging()
+    log_level, access_log = logs
+    _configure_logging(log_level, access_log=access_log)
     # The app's Group(...).send() must reach the same layer (memory:// is per object).
     set_default_layer(layer)
     worker = Worker(app, layer, threads=threads)
@@ -424,7 +508,7 @@ def _run(
             host=host or "127.0.0.1",
             port=port or 0,
             uds=uds,
-            **_uvicorn_options(),
+            **_uvicorn_options(log_level),
         )
         server = uvicorn.Server(config)
         sock = _bind(config)
@@ -545,6 +629,8 @@ def _bind(config: Any) -> socket.socket:
     help="Seconds a WebSocket handshake waits for the app to accept (then 403). "
     "[env: WSGI_CHANNELS_WEBSOCKET_CONNECT_TIMEOUT]",
 )
+@log_level_option
+@access_log_option
 def interface(
     bind: str,
     layer_url: str | None,
@@ -554,6 +640,8 @@ def interface(
     max_body: int,
     http_timeout: float,
     websocket_connect_timeout: float,
+    log_level: str,
+    access_log: bool,
 ) -> None:
     """Serve HTTP and WebSocket clients, passing them on to workers over the layer."""
     import uvicorn
@@ -563,7 +651,7 @@ def interface(
     _check_bind(host, port, uds)
     url = layer_url_of(layer_url)
     open_layer(url).close()
-    _configure_logging()
+    _configure_logging(log_level, access_log=access_log)
     # Each process builds its InterfaceServer with create_app() from these variables:
     # uvicorn's worker processes are spawned, and inherit the environment.
     os.environ.update(
@@ -576,7 +664,7 @@ def interface(
             _env("WEBSOCKET_CONNECT_TIMEOUT"): repr(websocket_connect_timeout),
         }
     )
-    options = _uvicorn_options()
+    options = _uvicorn_options(log_level)
     if workers > 1:
         # uvicorn's supervisor binds the socket and logs where it listens.
         click.echo(_serving_line(host, port, uds, url))
@@ -604,7 +692,9 @@ def interface(
 @click.argument("app", envvar=_env("APP"))
 @layer_option
 @threads_option
-def worker(app: str, layer_url: str | None, threads: int) -> None:
+@log_level_option
+@access_log_option
+def worker(app: str, layer_url: str | None, threads: int, log_level: str, access_log: bool) -> None:
     """Run APP on the messages of the layer until SIGTERM/SIGINT."""
     from .layers import set_default_layer
     from .worker import Worker
@@ -613,7 +703,8 @@ def worker(app: str, layer_url: str | None, threads: int) -> None:
     layer = open_layer(layer_url)
     # Channel() and Group() in the app, without layer=, use the layer served here.
     set_default_layer(layer)
-    _configure_logging()
+    _configure_logging(log_level, access_log=access_log)
+    click.echo(f" * Running {app} with layer {shown_layer_url(layer_url_of(layer_url))}")
     try:
         Worker(wsgi_app, layer, threads=threads).run()
     finally:
