@@ -453,3 +453,57 @@ def test_log_level_and_access_log_on_every_long_running_command(
         assert "/quiet" not in process.output
         assert "Running" in process.output  # the start line stays
     assert codes == [0, 0, 0]
+
+
+@pytest.mark.slow
+def test_stats_watch_refreshes_every_second_and_ctrl_c_exits_0(sqlite_url: str) -> None:
+    from wsgi_channels.layers import layer_from_url
+
+    layer = layer_from_url(sqlite_url)
+    try:
+        layer.group_add("fans", "some.member")
+        watch = subprocess.Popen(
+            cli_command("stats", "--watch", "--layer", sqlite_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            cwd=TESTS,
+        )
+        assert watch.stdout is not None
+        try:
+            frames: list[list[str]] = []
+            frame: list[str] = []
+            started = time.monotonic()
+            sent = False
+            while len(frames) < 4 and time.monotonic() - started < 20:
+                line = watch.stdout.readline()
+                if not line:
+                    break
+                if line.startswith("layer: ") and frame:
+                    frames.append(frame)
+                    frame = []
+                    if len(frames) == 1 and not sent:
+                        for _ in range(3):
+                            layer.send("some.member", {"text": "x"})
+                        sent = True
+                frame.append(line.rstrip("\n"))
+            elapsed = time.monotonic() - started
+            watch.send_signal(signal.SIGINT)
+            _, stderr = watch.communicate(timeout=10)
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait()
+        assert len(frames) == 4, frames
+        assert 2.0 <= elapsed <= 8.0  # about a second per table
+        assert "Ctrl-C to quit" in frames[0][0]
+        assert any(row.split() == ["fans", "1"] for row in frames[0])
+        assert "change/s" in "\n".join(frames[1])
+        rows = [row.split() for frame in frames[1:] for row in frame]
+        assert any(row[:3] == ["some.member", "3", "100"] for row in rows), frames
+        assert any(row[:3] == ["some.member", "3", "100"] and row[3] != "+0.0" for row in rows)
+        assert watch.returncode == 0, stderr
+        assert "Traceback" not in stderr
+    finally:
+        layer.close()

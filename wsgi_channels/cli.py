@@ -761,26 +761,106 @@ def send(
 
 @cli.command()
 @layer_option
-def stats(layer_url: str | None) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh the table every second, like top, until Ctrl-C; adds each queue's "
+    "change per second.",
+)
+def stats(layer_url: str | None, watch: bool) -> None:
     """Show the layer's queues (pending / capacity) and groups (members)."""
     url = layer_url_of(layer_url)
     layer = open_layer(url)
     try:
-        overview = layer.overview()
-        rows = [
-            (name, str(pending), str(layer.channel_statistics(name)["capacity"]))
-            for name, pending in sorted(overview["channels"].items())
-        ]
-        groups = [(name, str(size)) for name, size in sorted(overview["groups"].items())]
-    except ChannelsError as exc:
-        _fail(str(exc))
+        if watch:
+            _watch(layer, url)
+            return
+        try:
+            queues, groups = _snapshot(layer)
+        except ChannelsError as exc:
+            _fail(str(exc))
     finally:
         layer.close()
     click.echo(f"layer: {mask_url(url)}")
     click.echo("")
-    click.echo(_table(("channel", "pending", "capacity"), rows, "(no messages waiting)"))
-    click.echo("")
-    click.echo(_table(("group", "members"), groups, "(no groups)"))
+    click.echo(_stats_tables(queues, groups, None))
+
+
+#: Seconds between two tables of ``stats --watch``.
+WATCH_INTERVAL = 1.0
+
+
+def _snapshot(layer: BaseChannelLayer) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """``({queue: (pending, capacity)}, {group: members})`` now."""
+    overview = layer.overview()
+    queues = {
+        name: (pending, int(layer.channel_statistics(name)["capacity"]))
+        for name, pending in overview["channels"].items()
+    }
+    return queues, dict(overview["groups"])
+
+
+def _stats_tables(
+    queues: dict[str, tuple[int, int]],
+    groups: dict[str, int],
+    rates: dict[str, float] | None,
+) -> str:
+    header: tuple[str, ...] = ("channel", "pending", "capacity")
+    if rates is not None:
+        header += ("change/s",)
+    rows = []
+    for name, (pending, capacity) in sorted(queues.items()):
+        row: tuple[str, ...] = (name, str(pending), str(capacity))
+        if rates is not None:
+            row += (f"{rates.get(name, 0.0):+.1f}",)
+        rows.append(row)
+    group_rows = [(name, str(size)) for name, size in sorted(groups.items())]
+    return "\n".join(
+        [
+            _table(header, rows, "(no messages waiting)"),
+            "",
+            _table(("group", "members"), group_rows, "(no groups)"),
+        ]
+    )
+
+
+def _watch(layer: BaseChannelLayer, url: str) -> None:
+    """Print the tables every WATCH_INTERVAL seconds (clearing a terminal first) until
+    Ctrl-C, which ends the command with status 0. A layer that becomes unavailable is
+    one line per refresh until it is back."""
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    previous: dict[str, int] | None = None
+    previous_at = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            stamp = time.strftime("%H:%M:%S")
+            try:
+                queues, groups = _snapshot(layer)
+            except LayerUnavailable as exc:
+                click.echo(f"{clear}layer: {mask_url(url)}  {stamp}\n\n{exc}\n", nl=False)
+                previous = None
+            else:
+                pending = {name: count for name, (count, _) in queues.items()}
+                rates = None
+                if previous is not None:
+                    elapsed = max(now - previous_at, 1e-6)
+                    rates = {
+                        name: (pending.get(name, 0) - previous.get(name, 0)) / elapsed
+                        for name in pending.keys() | previous.keys()
+                    }
+                    # A queue that emptied since the last table shows one more row.
+                    for name in previous.keys() - pending.keys():
+                        queues[name] = (0, int(layer.channel_statistics(name)["capacity"]))
+                previous, previous_at = pending, now
+                tables = _stats_tables(queues, groups, rates if rates is not None else {})
+                click.echo(
+                    f"{clear}layer: {mask_url(url)}  {stamp}  (every {WATCH_INTERVAL:g} s, "
+                    f"Ctrl-C to quit)\n\n{tables}\n"
+                )
+            time.sleep(max(0.0, WATCH_INTERVAL - (time.monotonic() - now)))
+    except KeyboardInterrupt:
+        click.echo("")
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str) -> str:
