@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import subprocess
@@ -41,8 +42,19 @@ def wsgi_channels(
         pytest.param(("send", "--group", "g"), "--text and --json", id="send-no-body"),
         pytest.param(
             ("stats", "--layer", "redis://127.0.0.1:1/0?socket_connect_timeout=1"),
-            "unreachable",
+            "Redis at redis://127.0.0.1:1/0?socket_connect_timeout=1 is unavailable: ",
             id="layer-down",
+        ),
+        pytest.param(
+            ("interface", "--bind", "unix:/nonexistent-dir/app.sock", "--layer", "memory://"),
+            "cannot listen on unix:/nonexistent-dir/app.sock: directory /nonexistent-dir does "
+            "not exist",
+            id="interface-unix-socket-missing-dir",
+        ),
+        pytest.param(
+            ("run", "apps:echo", "--bind", "unix:/nonexistent-dir/app.sock"),
+            "directory /nonexistent-dir does not exist",
+            id="run-unix-socket-missing-dir",
         ),
     ],
 )
@@ -53,6 +65,15 @@ def test_errors_are_one_line_and_exit_2(args: tuple[str, ...], expected: str) ->
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
+    assert "unreachable" not in result.stderr  # one sentence, not two stacked ones
+
+
+def test_no_command_lists_the_commands() -> None:
+    result = wsgi_channels()
+    assert result.returncode == 2
+    listed = result.stdout.split("Commands:", 1)[1].split()
+    for command in ("interface", "run", "send", "stats", "worker"):
+        assert command in listed
 
 
 @pytest.mark.parametrize(
@@ -119,7 +140,9 @@ def test_run_prints_its_url_and_serves(tmp_path: Path) -> None:
     process = CliProcess("run", "apps:echo", "--bind", f"127.0.0.1:{port}", "--layer", url)
     process.start()
     try:
-        process.wait_for_output(f" * Running on http://127.0.0.1:{port} (Press CTRL+C to quit)")
+        process.wait_for_output(
+            f" * Running on http://127.0.0.1:{port} with layer {url} (Press CTRL+C to quit)"
+        )
         wait_for_port(port)
         response = requests.get(f"http://127.0.0.1:{port}/hi", timeout=10)
         assert response.status_code == 200
@@ -223,3 +246,264 @@ def test_run_reload_restarts_when_the_app_changes(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("--group", "chatroom", "--json", '{"text": 1}'), id="group-text-int"),
+        pytest.param(("--channel", "some.member", "--json", '{"close": "x"}'), id="channel-close"),
+    ],
+)
+def test_send_refuses_invalid_websocket_reply(sqlite_url: str, args: tuple[str, ...]) -> None:
+    from wsgi_channels.layers import layer_from_url
+
+    layer = layer_from_url(sqlite_url)
+    try:
+        layer.group_add("chatroom", "some.member")
+        sent = wsgi_channels("send", "--layer", sqlite_url, *args)
+        assert sent.returncode == 2
+        lines = sent.stderr.strip().splitlines()
+        assert len(lines) == 1, sent.stderr
+        assert "not a valid WebSocket message" in lines[0]
+        assert layer.receive(["some.member"]) == (None, None)
+    finally:
+        layer.close()
+
+
+def test_commands_without_app_read_the_django_setting(tmp_path: Path) -> None:
+    """stats, send and interface use a Django project's WSGI_CHANNELS_LAYER setting when
+    neither --layer nor the environment names a layer, like worker and run."""
+    pytest.importorskip("django")
+    from wsgi_channels.layers import layer_from_url
+
+    layer_file = tmp_path / "from-settings.sqlite3"
+    (tmp_path / "mysettings.py").write_text(
+        f"SECRET_KEY = 'x'\nWSGI_CHANNELS_LAYER = {f'sqlite:///{layer_file}'!r}\n"
+    )
+    env = {"DJANGO_SETTINGS_MODULE": "mysettings"}
+    layer = layer_from_url(f"sqlite:///{layer_file}")
+    try:
+        layer.group_add("fans", "some.member")
+
+        def command(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                cli_command(*args),
+                capture_output=True,
+                text=True,
+                env=child_env(env),
+                cwd=tmp_path,
+                timeout=30,
+            )
+
+        sent = command("send", "--group", "fans", "--text", "hi")
+        assert sent.returncode == 0, sent.stderr
+        assert "1 member" in sent.stdout
+        assert layer.receive(["some.member"])[1] == {"text": "hi"}
+        stats = command("stats")
+        assert stats.returncode == 0, stats.stderr
+        assert f"layer: sqlite:///{layer_file}" in stats.stdout
+        assert "fans" in stats.stdout
+        assert not (tmp_path / ".wsgi_channels.sqlite3").exists()
+        port = free_port()
+        server = CliProcess("interface", "--bind", f"127.0.0.1:{port}", env=env, cwd=tmp_path)
+        server.start()
+        try:
+            server.wait_for_output("Running on", timeout=15)
+            wait_for_port(port, timeout=15)
+            assert f"with layer sqlite:///{layer_file}" in server.output
+        finally:
+            assert server.stop() == 0
+    finally:
+        layer.close()
+
+
+def test_start_line_names_bind_and_layer(tmp_path: Path) -> None:
+    """One line at start: where it listens and which layer, an SQLite file as an
+    absolute path (a relative URL is relative to the directory it was started in)."""
+    port = free_port()
+    server = CliProcess(
+        "run",
+        "apps:echo",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--layer",
+        "sqlite:///relative.sqlite3",
+        cwd=tmp_path,
+    )
+    server.start()
+    try:
+        server.wait_for_output("Running on", timeout=15)
+        wait_for_port(port, timeout=15)
+        lines = [line for line in server.output.splitlines() if "Running on" in line]
+        assert lines == [
+            f" * Running on http://127.0.0.1:{port} with layer "
+            f"sqlite:///{tmp_path / 'relative.sqlite3'} (Press CTRL+C to quit)"
+        ]
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_run_reload_after_a_syntax_error_is_one_line_then_recovers(tmp_path: Path) -> None:
+    source = tmp_path / "reloading.py"
+    source.write_text(RELOAD_APP.format(body=b"first"))
+    port = free_port()
+    server = CliProcess(
+        "run",
+        "reloading:app",
+        "--reload",
+        "--layer",
+        "memory://",
+        "--bind",
+        f"127.0.0.1:{port}",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    server.start()
+    try:
+        wait_for_port(port, timeout=20)
+        time.sleep(1.1)  # the stat reloader compares modification times
+        source.write_text("def app(:\n")
+        server.wait_for_output("(waiting for a change)", timeout=20)
+        time.sleep(0.5)
+        errors = [line for line in server.output.splitlines() if "error" in line.lower()]
+        assert len(errors) == 1, server.output
+        assert "SyntaxError" in errors[0]
+        assert "reloading.py" in errors[0]
+        assert "Traceback" not in server.output
+        assert "Exception in thread" not in server.output
+        time.sleep(1.1)
+        source.write_text(RELOAD_APP.format(body=b"fixed"))
+        deadline = time.monotonic() + 20
+        body = b""
+        while time.monotonic() < deadline and body != b"fixed":
+            with contextlib.suppress(requests.ConnectionError):  # while it restarts
+                body = requests.get(f"http://127.0.0.1:{port}/", timeout=2).content
+            time.sleep(0.2)
+        assert body == b"fixed"
+    finally:
+        server.signal(signal.SIGINT)
+        server.stop()
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+
+
+def test_run_logs_one_format_and_no_uvicorn_banner(tmp_path: Path) -> None:
+    port = free_port()
+    server = CliProcess("run", "apps:echo", "--bind", f"127.0.0.1:{port}", "--layer", "memory://")
+    server.start()
+    try:
+        wait_for_port(port, timeout=15)
+        assert requests.get(f"http://127.0.0.1:{port}/logged", timeout=10).status_code == 200
+        server.wait_for_output('"GET /logged HTTP/1.1" 200', timeout=5)
+    finally:
+        assert server.stop() == 0
+    lines = [line for line in server.output.splitlines() if line.strip()]
+    start = [line for line in lines if "Running on" in line]
+    assert start == [
+        f" * Running on http://127.0.0.1:{port} with layer memory:// (Press CTRL+C to quit)"
+    ]
+    assert "Uvicorn running on" not in server.output
+    others = [line for line in lines if line not in start]
+    assert any(" uvicorn: " in line for line in others)  # uvicorn's lines, in our format
+    assert all(LOG_LINE.match(line) for line in others), server.output
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param(("--log-level", "warning", "--no-access-log"), {}, id="options"),
+        pytest.param(
+            (),
+            {"WSGI_CHANNELS_LOG_LEVEL": "warning", "WSGI_CHANNELS_ACCESS_LOG": "0"},
+            id="environment",
+        ),
+    ],
+)
+def test_log_level_and_access_log_on_every_long_running_command(
+    sqlite_url: str, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    port = free_port()
+    bind = ("--bind", f"127.0.0.1:{port}")
+    interface = CliProcess("interface", *bind, "--layer", sqlite_url, *args, env=env).start()
+    worker = CliProcess("worker", "apps:echo", "--layer", sqlite_url, *args, env=env).start()
+    run_port = free_port()
+    run = CliProcess(
+        "run",
+        "apps:echo",
+        "--bind",
+        f"127.0.0.1:{run_port}",
+        "--layer",
+        "memory://",
+        *args,
+        env=env,
+    ).start()
+    try:
+        wait_for_port(port, timeout=15)
+        wait_for_port(run_port, timeout=15)
+        for url in (f"http://127.0.0.1:{port}/quiet", f"http://127.0.0.1:{run_port}/quiet"):
+            assert requests.get(url, timeout=20).status_code == 200
+        time.sleep(1)  # the access log is written at most 0.5 s late
+    finally:
+        codes = [process.stop() for process in (interface, worker, run)]
+    for process in (interface, worker, run):
+        assert " INFO " not in process.output, process.output
+        assert "/quiet" not in process.output
+        assert "Running" in process.output  # the start line stays
+    assert codes == [0, 0, 0]
+
+
+@pytest.mark.slow
+def test_stats_watch_refreshes_every_second_and_ctrl_c_exits_0(sqlite_url: str) -> None:
+    from wsgi_channels.layers import layer_from_url
+
+    layer = layer_from_url(sqlite_url)
+    try:
+        layer.group_add("fans", "some.member")
+        watch = subprocess.Popen(
+            cli_command("stats", "--watch", "--layer", sqlite_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            cwd=TESTS,
+        )
+        assert watch.stdout is not None
+        try:
+            frames: list[list[str]] = []
+            frame: list[str] = []
+            started = time.monotonic()
+            sent = False
+            while len(frames) < 4 and time.monotonic() - started < 20:
+                line = watch.stdout.readline()
+                if not line:
+                    break
+                if line.startswith("layer: ") and frame:
+                    frames.append(frame)
+                    frame = []
+                    if len(frames) == 1 and not sent:
+                        for _ in range(3):
+                            layer.send("some.member", {"text": "x"})
+                        sent = True
+                frame.append(line.rstrip("\n"))
+            elapsed = time.monotonic() - started
+            watch.send_signal(signal.SIGINT)
+            _, stderr = watch.communicate(timeout=10)
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait()
+        assert len(frames) == 4, frames
+        assert 2.0 <= elapsed <= 8.0  # about a second per table
+        assert "Ctrl-C to quit" in frames[0][0]
+        assert any(row.split() == ["fans", "1"] for row in frames[0])
+        assert "change/s" in "\n".join(frames[1])
+        rows = [row.split() for frame in frames[1:] for row in frame]
+        assert any(row[:3] == ["some.member", "3", "100"] for row in rows), frames
+        assert any(row[:3] == ["some.member", "3", "100"] and row[3] != "+0.0" for row in rows)
+        assert watch.returncode == 0, stderr
+        assert "Traceback" not in stderr
+    finally:
+        layer.close()

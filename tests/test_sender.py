@@ -527,3 +527,63 @@ def test_middleware_does_not_hold_back_group_membership() -> None:
 
     Call(ChannelsMiddleware(app, layer=layer)).run()
     assert Group("mw.members", layer=layer).channels() == ["mw.someone"]
+
+
+INVALID_REPLIES = [
+    pytest.param({"text": {"oops": 1}}, id="text-dict"),
+    pytest.param({"text": 1}, id="text-int"),
+    pytest.param({"bytes": "not bytes"}, id="bytes-str"),
+    pytest.param({"close": "soon"}, id="close-str"),
+    pytest.param({"close": 1006}, id="close-reserved-code"),
+    pytest.param({"accept": 1}, id="accept-int"),
+]
+
+
+@pytest.mark.parametrize("message", INVALID_REPLIES)
+@pytest.mark.parametrize("target", ["channel", "group"])
+def test_invalid_websocket_reply_is_refused(layer: Any, target: str, message: Any) -> None:
+    Group("sockets", layer=layer).add("sockets.member")
+    sender = (
+        Channel("sockets.member", layer=layer)
+        if target == "channel"
+        else Group("sockets", layer=layer)
+    )
+    with pytest.raises(InvalidMessage, match="not a valid WebSocket message"):
+        sender.send(message)
+    assert drain(layer, ["sockets.member"]) == []
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param({"text": "hi"}, id="text"),
+        pytest.param({"bytes": b"\x00"}, id="bytes"),
+        pytest.param({"close": True}, id="close-true"),
+        pytest.param({"close": 4000}, id="close-app-code"),
+        pytest.param({"accept": True}, id="accept"),
+        pytest.param({"kind": "job", "payload": {"n": 1}}, id="not-a-reply"),
+    ],
+)
+def test_valid_messages_are_sent(layer: Any, message: Any) -> None:
+    Group("sockets", layer=layer).add("sockets.member")
+    Group("sockets", layer=layer).send(message)
+    Channel("sockets.member", layer=layer).send(message)
+    assert drain(layer, ["sockets.member"]) == [("sockets.member", message)] * 2
+
+
+def test_middleware_refuses_invalid_reply_in_the_view(layer: Any) -> None:
+    Group("mw.group", layer=layer).add("mw.member")
+    raised: list[BaseException] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        Group("mw.group").send({"text": "fine"})
+        try:
+            Group("mw.group").send({"text": {"oops": 1}})
+        except InvalidMessage as exc:
+            raised.append(exc)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    Call(ChannelsMiddleware(app, layer=layer)).run()
+    assert len(raised) == 1
+    assert drain(layer, ["mw.member"]) == [("mw.member", {"text": "fine"})]

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from .layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url, mask_url
-from .layers.base import ChannelsError, ConfigurationError, LayerUnavailable
+from .layers.base import ChannelsError, ConfigurationError, InvalidMessage, LayerUnavailable
+from .protocol import validate_websocket_reply
 
 if TYPE_CHECKING:
     import socket
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["cli", "main"]
 
 DEFAULT_BIND = "127.0.0.1:8000"
+LOG_LEVELS_CHOICES = ("critical", "error", "warning", "info", "debug")
 
 
 class UsageProblem(Exception):
@@ -79,6 +81,22 @@ bind_option = click.option(
     show_default=True,
     metavar="HOST:PORT",
     help="Address to listen on: HOST:PORT, [IPv6]:PORT or unix:PATH. [env: WSGI_CHANNELS_BIND]",
+)
+log_level_option = click.option(
+    "--log-level",
+    envvar=_env("LOG_LEVEL"),
+    type=click.Choice(LOG_LEVELS_CHOICES, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Least severe log lines written. [env: WSGI_CHANNELS_LOG_LEVEL]",
+)
+access_log_option = click.option(
+    "--access-log/--no-access-log",
+    envvar=_env("ACCESS_LOG"),
+    default=True,
+    show_default=True,
+    help="One line per request, written by the worker (of run and worker). "
+    "[env: WSGI_CHANNELS_ACCESS_LOG]",
 )
 threads_option = click.option(
     "--threads",
@@ -194,10 +212,55 @@ class _BufferedAccessLog(logging.StreamHandler):  # type: ignore[type-arg]
             self.really_flush()
 
 
-def _configure_logging() -> None:
-    # The worker's access log and the interface's warnings, on stderr like uvicorn's.
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+class _NoUvicornBanner(logging.Filter):
+    """Drops uvicorn's own "Uvicorn running on ..." lines: our start line says where
+    we listen, and which layer. uvicorn's general logger, ``uvicorn.error``, is shown
+    as ``uvicorn``: its lines are mostly not errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("uvicorn"):
+            return True
+        if str(record.msg).startswith("Uvicorn running on"):
+            return False
+        if record.name == "uvicorn.error":
+            record.name = "uvicorn"
+        return True
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """The logging configuration of our commands, as uvicorn takes it (``log_config``):
+    uvicorn's lines and ours in one format on stderr, at *level*. uvicorn applies it in
+    each process it starts, so ``--workers`` children log the same way."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"format": LOG_FORMAT}},
+        "filters": {"no_banner": {"()": _NoUvicornBanner}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "filters": ["no_banner"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        # uvicorn's loggers reach the root handler, not handlers of their own.
+        "loggers": {
+            name: {"handlers": [], "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+        },
+    }
+
+
+def _configure_logging(level: str = "info", *, access_log: bool = True) -> None:
+    """Our log format and *level* on stderr; the access log (the worker's one line per
+    request) on or off, whatever the level."""
+    import logging.config
+
+    logging.config.dictConfig(log_config(level))
     access = logging.getLogger("wsgi_channels.access")
+    access.setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
     if not any(isinstance(h, _BufferedAccessLog) for h in access.handlers):
         handler = _BufferedAccessLog()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -217,31 +280,63 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}{where}"
 
 
-def open_layer(url: str | None) -> BaseChannelLayer:
-    """The layer named by *url*, else by a Django project's ``WSGI_CHANNELS_LAYER``
-    setting (readable once APP has been loaded), else the default; checked to be
-    reachable."""
+def layer_url_of(url: str | None) -> str:
+    """*url* (``--layer`` or ``WSGI_CHANNELS_LAYER``), else a Django project's
+    ``WSGI_CHANNELS_LAYER`` setting, else the default.
+
+    The setting is read once APP has been loaded, or, for commands without an APP, from
+    the settings module that ``DJANGO_SETTINGS_MODULE`` names (imported with the
+    current directory on ``sys.path``, as ``manage.py`` would).
+    """
     from .layers import _django_setting
 
-    url = url or _django_setting() or DEFAULT_LAYER_URL
+    if url:
+        return url
+    if os.environ.get("DJANGO_SETTINGS_MODULE") and "django.conf" not in sys.modules:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        with contextlib.suppress(ImportError):
+            import django.conf  # noqa: F401 - makes the settings readable
+    return _django_setting() or DEFAULT_LAYER_URL
+
+
+def open_layer(url: str | None) -> BaseChannelLayer:
+    """The layer named by :func:`layer_url_of`, checked to be reachable."""
+    url = layer_url_of(url)
     try:
         layer = layer_from_url(url)
         layer.channel_statistics("http.request")  # a cheap call that needs the server
     except LayerUnavailable as exc:
-        _fail(f"channel layer {mask_url(url)} is unreachable: {exc}")
+        # Our layers' messages already name the (masked) URL and the reason.
+        reason = str(exc)
+        _fail(reason if mask_url(url) in reason else f"channel layer {mask_url(url)}: {reason}")
     except ChannelsError as exc:
         _fail(str(exc))
     return layer
 
 
-def _serving_line(host: str | None, port: int | None, uds: str | None) -> str:
+def shown_layer_url(url: str) -> str:
+    """*url* as the start line shows it: password masked, an SQLite file as an absolute
+    path (a process started from another directory uses another file)."""
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme.lower() == "sqlite" and not parsed.netloc and parsed.path.startswith("/"):
+        path = os.path.abspath(urllib.parse.unquote(parsed.path[1:]))
+        return f"sqlite:///{path}" + (f"?{parsed.query}" if parsed.query else "")
+    return mask_url(url)
+
+
+def _serving_line(host: str | None, port: int | None, uds: str | None, layer_url: str) -> str:
     if uds is not None:
-        return f" * Running on unix:{uds} (Press CTRL+C to quit)"
-    shown = f"[{host}]" if host and ":" in host else host
-    return f" * Running on http://{shown}:{port} (Press CTRL+C to quit)"
+        where = f"unix:{uds}"
+    else:
+        shown = f"[{host}]" if host and ":" in host else host
+        where = f"http://{shown}:{port}"
+    return f" * Running on {where} with layer {shown_layer_url(layer_url)} (Press CTRL+C to quit)"
 
 
-def _uvicorn_options() -> dict[str, Any]:
+def _uvicorn_options(log_level: str) -> dict[str, Any]:
     """uvicorn settings shared by ``run`` and ``interface``.
 
     ``ws``: wsproto, measured (1,000 idle WebSockets through this interface server,
@@ -263,7 +358,8 @@ def _uvicorn_options() -> dict[str, Any]:
         "ws_per_message_deflate": False,
         "lifespan": "on",
         "access_log": False,
-        "log_level": "info",
+        "log_level": log_level,
+        "log_config": log_config(log_level),
         "server_header": False,
         "timeout_graceful_shutdown": 30,
     }
@@ -331,13 +427,23 @@ def _limit_malloc_arenas() -> None:
 @bind_option
 @layer_option
 @threads_option
+@log_level_option
+@access_log_option
 @click.option(
     "--reload",
     is_flag=True,
     envvar=_env("RELOAD"),
     help="Restart when a Python file changes (development). [env: WSGI_CHANNELS_RELOAD]",
 )
-def run(app: str, bind: str, layer_url: str | None, threads: int, reload: bool) -> None:
+def run(
+    app: str,
+    bind: str,
+    layer_url: str | None,
+    threads: int,
+    log_level: str,
+    access_log: bool,
+    reload: bool,
+) -> None:
     """Serve APP for development: interface server and worker in one process."""
     host, port, uds = parse_bind(bind)
     if reload:
@@ -347,11 +453,29 @@ def run(app: str, bind: str, layer_url: str | None, threads: int, reload: bool) 
         from werkzeug.serving import is_running_from_reloader
 
         if not is_running_from_reloader():
-            click.echo(_serving_line(host, port, uds))
             load_app(app)  # fail now, once, rather than in every restarted child
-        run_with_reloader(lambda: _run(app, host, port, uds, layer_url, threads, announce=False))
+            click.echo(_serving_line(host, port, uds, layer_url_of(layer_url)))
+
+        def serve_until_changed() -> None:
+            # Runs in a thread of werkzeug's reloader: an app that no longer imports (a
+            # syntax error being fixed) is one line, and the reloader waits for the fix.
+            try:
+                _run(
+                    app,
+                    host,
+                    port,
+                    uds,
+                    layer_url,
+                    threads,
+                    (log_level, access_log),
+                    announce=False,
+                )
+            except (UsageProblem, ConfigurationError) as exc:
+                click.echo(f"wsgi-channels: error: {exc} (waiting for a change)", err=True)
+
+        run_with_reloader(serve_until_changed)
         return
-    _run(app, host, port, uds, layer_url, threads, announce=True)
+    _run(app, host, port, uds, layer_url, threads, (log_level, access_log), announce=True)
 
 
 def _run(
@@ -361,6 +485,7 @@ def _run(
     uds: str | None,
     layer_url: str | None,
     threads: int,
+    logs: tuple[str, bool],
     *,
     announce: bool,
 ) -> None:
@@ -373,7 +498,8 @@ def _run(
     app = load_app(app_spec)
     _check_bind(host, port, uds)
     layer = open_layer(layer_url)
-    _configure_logging()
+    log_level, access_log = logs
+    _configure_logging(log_level, access_log=access_log)
     # The app's Group(...).send() must reach the same layer (memory:// is per object).
     set_default_layer(layer)
     worker = Worker(app, layer, threads=threads)
@@ -385,12 +511,13 @@ def _run(
             host=host or "127.0.0.1",
             port=port or 0,
             uds=uds,
-            **_uvicorn_options(),
+            **_uvicorn_options(log_level),
         )
         server = uvicorn.Server(config)
         sock = _bind(config)
         if announce:
-            click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds))
+            port = sock.getsockname()[1] if uds is None else None
+            click.echo(_serving_line(host, port, uds, layer_url_of(layer_url)))
         _serve(server, sock)
     finally:
         worker.stop()
@@ -426,7 +553,14 @@ def _check_bind(host: str | None, port: int | None, uds: str | None) -> None:
     anything else starts. uvicorn would log the OSError on lines of its own."""
     import socket
 
-    if uds is not None or not port:
+    if uds is not None:
+        directory = os.path.dirname(os.path.abspath(uds))
+        if not os.path.isdir(directory):
+            _fail(f"cannot listen on unix:{uds}: directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            _fail(f"cannot listen on unix:{uds}: directory {directory} is not writable")
+        return
+    if not port:
         return
     family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -498,6 +632,8 @@ def _bind(config: Any) -> socket.socket:
     help="Seconds a WebSocket handshake waits for the app to accept (then 403). "
     "[env: WSGI_CHANNELS_WEBSOCKET_CONNECT_TIMEOUT]",
 )
+@log_level_option
+@access_log_option
 def interface(
     bind: str,
     layer_url: str | None,
@@ -507,6 +643,8 @@ def interface(
     max_body: int,
     http_timeout: float,
     websocket_connect_timeout: float,
+    log_level: str,
+    access_log: bool,
 ) -> None:
     """Serve HTTP and WebSocket clients, passing them on to workers over the layer."""
     import uvicorn
@@ -514,9 +652,9 @@ def interface(
     host, port, uds = parse_bind(bind)
     _check_interface_options(http_timeout, websocket_connect_timeout, allowed_origins)
     _check_bind(host, port, uds)
-    url = layer_url or DEFAULT_LAYER_URL
+    url = layer_url_of(layer_url)
     open_layer(url).close()
-    _configure_logging()
+    _configure_logging(log_level, access_log=access_log)
     # Each process builds its InterfaceServer with create_app() from these variables:
     # uvicorn's worker processes are spawned, and inherit the environment.
     os.environ.update(
@@ -529,10 +667,10 @@ def interface(
             _env("WEBSOCKET_CONNECT_TIMEOUT"): repr(websocket_connect_timeout),
         }
     )
-    options = _uvicorn_options()
+    options = _uvicorn_options(log_level)
     if workers > 1:
         # uvicorn's supervisor binds the socket and logs where it listens.
-        click.echo(_serving_line(host, port, uds))
+        click.echo(_serving_line(host, port, uds, url))
         uvicorn.run(
             "wsgi_channels.interface:create_app",
             factory=True,
@@ -549,7 +687,7 @@ def interface(
         create_app(), host=host or "127.0.0.1", port=port or 0, uds=uds, **options
     )
     sock = _bind(config)
-    click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds))
+    click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds, url))
     _serve(uvicorn.Server(config), sock)
 
 
@@ -557,7 +695,9 @@ def interface(
 @click.argument("app", envvar=_env("APP"))
 @layer_option
 @threads_option
-def worker(app: str, layer_url: str | None, threads: int) -> None:
+@log_level_option
+@access_log_option
+def worker(app: str, layer_url: str | None, threads: int, log_level: str, access_log: bool) -> None:
     """Run APP on the messages of the layer until SIGTERM/SIGINT."""
     from .layers import set_default_layer
     from .worker import Worker
@@ -566,7 +706,8 @@ def worker(app: str, layer_url: str | None, threads: int) -> None:
     layer = open_layer(layer_url)
     # Channel() and Group() in the app, without layer=, use the layer served here.
     set_default_layer(layer)
-    _configure_logging()
+    _configure_logging(log_level, access_log=access_log)
+    click.echo(f" * Running {app} with layer {shown_layer_url(layer_url_of(layer_url))}")
     try:
         Worker(wsgi_app, layer, threads=threads).run()
     finally:
@@ -601,6 +742,10 @@ def send(
             raise click.UsageError('--json must be a JSON object, like \'{"text": "hi"}\'')
     else:
         message = {"text": text}
+    try:
+        validate_websocket_reply(message)
+    except InvalidMessage as exc:
+        raise click.UsageError(f"--json: {exc}") from None
     layer = open_layer(layer_url)
     try:
         if group is not None:
@@ -619,26 +764,106 @@ def send(
 
 @cli.command()
 @layer_option
-def stats(layer_url: str | None) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh the table every second, like top, until Ctrl-C; adds each queue's "
+    "change per second.",
+)
+def stats(layer_url: str | None, watch: bool) -> None:
     """Show the layer's queues (pending / capacity) and groups (members)."""
-    url = layer_url or DEFAULT_LAYER_URL
+    url = layer_url_of(layer_url)
     layer = open_layer(url)
     try:
-        overview = layer.overview()
-        rows = [
-            (name, str(pending), str(layer.channel_statistics(name)["capacity"]))
-            for name, pending in sorted(overview["channels"].items())
-        ]
-        groups = [(name, str(size)) for name, size in sorted(overview["groups"].items())]
-    except ChannelsError as exc:
-        _fail(str(exc))
+        if watch:
+            _watch(layer, url)
+            return
+        try:
+            queues, groups = _snapshot(layer)
+        except ChannelsError as exc:
+            _fail(str(exc))
     finally:
         layer.close()
     click.echo(f"layer: {mask_url(url)}")
     click.echo("")
-    click.echo(_table(("channel", "pending", "capacity"), rows, "(no messages waiting)"))
-    click.echo("")
-    click.echo(_table(("group", "members"), groups, "(no groups)"))
+    click.echo(_stats_tables(queues, groups, None))
+
+
+#: Seconds between two tables of ``stats --watch``.
+WATCH_INTERVAL = 1.0
+
+
+def _snapshot(layer: BaseChannelLayer) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """``({queue: (pending, capacity)}, {group: members})`` now."""
+    overview = layer.overview()
+    queues = {
+        name: (pending, int(layer.channel_statistics(name)["capacity"]))
+        for name, pending in overview["channels"].items()
+    }
+    return queues, dict(overview["groups"])
+
+
+def _stats_tables(
+    queues: dict[str, tuple[int, int]],
+    groups: dict[str, int],
+    rates: dict[str, float] | None,
+) -> str:
+    header: tuple[str, ...] = ("channel", "pending", "capacity")
+    if rates is not None:
+        header += ("change/s",)
+    rows = []
+    for name, (pending, capacity) in sorted(queues.items()):
+        row: tuple[str, ...] = (name, str(pending), str(capacity))
+        if rates is not None:
+            row += (f"{rates.get(name, 0.0):+.1f}",)
+        rows.append(row)
+    group_rows = [(name, str(size)) for name, size in sorted(groups.items())]
+    return "\n".join(
+        [
+            _table(header, rows, "(no messages waiting)"),
+            "",
+            _table(("group", "members"), group_rows, "(no groups)"),
+        ]
+    )
+
+
+def _watch(layer: BaseChannelLayer, url: str) -> None:
+    """Print the tables every WATCH_INTERVAL seconds (clearing a terminal first) until
+    Ctrl-C, which ends the command with status 0. A layer that becomes unavailable is
+    one line per refresh until it is back."""
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    previous: dict[str, int] | None = None
+    previous_at = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            stamp = time.strftime("%H:%M:%S")
+            try:
+                queues, groups = _snapshot(layer)
+            except LayerUnavailable as exc:
+                click.echo(f"{clear}layer: {mask_url(url)}  {stamp}\n\n{exc}\n", nl=False)
+                previous = None
+            else:
+                pending = {name: count for name, (count, _) in queues.items()}
+                rates = None
+                if previous is not None:
+                    elapsed = max(now - previous_at, 1e-6)
+                    rates = {
+                        name: (pending.get(name, 0) - previous.get(name, 0)) / elapsed
+                        for name in pending.keys() | previous.keys()
+                    }
+                    # A queue that emptied since the last table shows one more row.
+                    for name in previous.keys() - pending.keys():
+                        queues[name] = (0, int(layer.channel_statistics(name)["capacity"]))
+                previous, previous_at = pending, now
+                tables = _stats_tables(queues, groups, rates if rates is not None else {})
+                click.echo(
+                    f"{clear}layer: {mask_url(url)}  {stamp}  (every {WATCH_INTERVAL:g} s, "
+                    f"Ctrl-C to quit)\n\n{tables}\n"
+                )
+            time.sleep(max(0.0, WATCH_INTERVAL - (time.monotonic() - now)))
+    except KeyboardInterrupt:
+        click.echo("")
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str) -> str:
@@ -657,8 +882,14 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str)
 def main(argv: list[str] | None = None) -> NoReturn:
     """The console entry point: run :func:`cli`, turning every usage problem into one
     line on stderr and exit status 2."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        # The commands, rather than click's one-line "Missing command".
+        with click.Context(cli, info_name="wsgi-channels") as ctx:
+            click.echo(cli.get_help(ctx))
+        sys.exit(2)
     try:
-        result = cli.main(args=argv, prog_name="wsgi-channels", standalone_mode=False)
+        result = cli.main(args=args, prog_name="wsgi-channels", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:

@@ -20,7 +20,11 @@ Which layer a send goes to, first match wins:
 The layer is looked up at call time, never at construction, so a module-level
 ``LIVEBLOG = Group("liveblog")`` is safe under a pre-forking server such as gunicorn.
 
-Errors are those of the layer: :class:`~wsgi_channels.ChannelFull`,
+Every message sent is checked as a WebSocket reply first: one carrying ``accept``,
+``text``, ``bytes`` or ``close`` of the wrong type (``{"text": {"a": 1}}``, a forgotten
+``json.dumps``) raises :class:`~wsgi_channels.InvalidMessage` before anything is sent,
+also inside :class:`ChannelsMiddleware`. Other errors are those of the layer:
+:class:`~wsgi_channels.ChannelFull`,
 :class:`~wsgi_channels.MessageTooLarge`, :class:`~wsgi_channels.InvalidChannelName`,
 :class:`~wsgi_channels.InvalidMessage` and :class:`~wsgi_channels.LayerUnavailable`.
 """
@@ -43,6 +47,7 @@ from .layers.base import (
     validate_channel_name,
     validate_group_name,
 )
+from .protocol import validate_websocket_reply
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -138,6 +143,10 @@ class _Target:
         return get_default_layer()
 
     def _deliver(self, method: str, message: Message) -> None:
+        # Any message may end up on a socket's reply channel, where a "text" that is not
+        # a str would be dropped by the interface server far from the code that made
+        # it; refuse it here instead. Messages without accept/text/bytes/close pass.
+        validate_websocket_reply(message)
         layer = self.layer
         scope = _scope.get()
         if scope is not None and scope.outbox is not None:
@@ -176,8 +185,10 @@ class Channel(_Target):
     def send(self, message: Message) -> None:
         """Put *message* on this channel.
 
-        Inside a :class:`ChannelsMiddleware` request (not ``immediate``), the message is
-        checked now (InvalidMessage, MessageTooLarge) and delivered after the response
+        InvalidMessage if it would be an invalid WebSocket reply (``text`` not a str,
+        ``bytes`` not bytes, ``close`` neither a bool nor a close code, ``accept`` not
+        a bool). Inside a :class:`ChannelsMiddleware` request (not ``immediate``), the
+        message is checked now (InvalidMessage, MessageTooLarge) and delivered after the response
         has finished successfully; otherwise it is delivered now and ChannelFull or
         LayerUnavailable may be raised.
         """
@@ -201,8 +212,8 @@ class Group(_Target):
         """Send *message* to every member of the group.
 
         Never raises ChannelFull: members that are full are skipped (and counted by the
-        layer). Held back inside a :class:`ChannelsMiddleware` request like
-        :meth:`Channel.send`.
+        layer). Checked (InvalidMessage) and held back inside a
+        :class:`ChannelsMiddleware` request like :meth:`Channel.send`.
         """
         self._deliver("send_group", message)
 
