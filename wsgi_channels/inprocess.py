@@ -59,7 +59,7 @@ def serve_app(
     worker_thread.start()
     try:
         config = uvicorn.Config(
-            InterfaceServer(layer), host=host, port=port, **cli._uvicorn_options()
+            InterfaceServer(layer), host=host, port=port, **cli._uvicorn_options("info")
         )
         sock = cli._bind(config)
         if on_bind is not None:
