@@ -645,17 +645,26 @@ class Worker:
             log.info("could not send the error reply: %s", exc)
 
     def _log_access(
-        self, environ: Mapping[str, Any], status: int | None, size: int, started: float
+        self,
+        environ: Mapping[str, Any],
+        status: int | str | None,
+        size: int,
+        started: float,
+        request_line: str | None = None,
     ) -> None:
         query = environ["QUERY_STRING"]
+        target = _log_safe(
+            environ["SCRIPT_NAME"] + environ["PATH_INFO"] + ("?" if query else "") + query
+        )
+        if request_line is None:
+            method = _log_safe(environ["REQUEST_METHOD"])
+            request_line = f'"{method} {target} {environ["SERVER_PROTOCOL"]}"'
+        else:
+            request_line = f"{request_line} {target}"
         access_log.info(
-            '%s - "%s %s%s%s %s" %s %d %.6f',
-            environ.get("REMOTE_ADDR", "-"),
-            environ["REQUEST_METHOD"],
-            environ["SCRIPT_NAME"] + environ["PATH_INFO"],
-            "?" if query else "",
-            query,
-            environ["SERVER_PROTOCOL"],
+            "%s - %s %s %d %.6f",
+            _log_safe(str(environ.get("REMOTE_ADDR", "-"))),
+            request_line,
             status if status is not None else "-",
             size,
             time.perf_counter() - started,
@@ -757,8 +766,13 @@ class Worker:
                 for reply in fallback:
                     self._send(reply_channel, reply, deadline, None)
         if access_log.isEnabledFor(logging.INFO):
-            environ["REQUEST_METHOD"] = "WEBSOCKET." + event.upper()
-            self._log_access(environ, status, size, started)
+            self._log_access(
+                environ,
+                _websocket_status(event, replies, status),
+                size,
+                started,
+                "WebSocket " + event.upper(),
+            )
 
     # -- malformed messages -----------------------------------------------------------
 
@@ -788,3 +802,25 @@ def _deadline(message: Mapping[str, Any], now: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise MalformedMessage(f"{DEADLINE_KEY!r} must be a number")
     return float(value)
+
+
+# Control characters (C0, DEL, C1) in what a client sent would forge or garble
+# access-log lines: they are written as \xNN, and so are a backslash and a quote.
+_LOG_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0xA0))}
+
+
+def _log_safe(text: str) -> str:
+    return text.translate(_LOG_ESCAPES)
+
+
+def _websocket_status(event: str, replies: list[dict[str, Any]], status: int) -> int | str:
+    """What an access-log line shows for a WebSocket event: for a connect, 101 if the
+    app accepted and 403 if it refused; otherwise the app's status."""
+    if event != "connect":
+        return status
+    for reply in replies:
+        if reply.get("accept"):
+            return 101
+        if reply.get("close") or reply.get("accept") is False:
+            return 403
+    return status
