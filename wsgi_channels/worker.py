@@ -345,8 +345,7 @@ class Worker:
         new one.
         """
         self._force = False
-        self._prefix = f"{WORKER_PREFIX}{secrets.token_hex(16)}!"
-        self._control_channel = self.layer.new_channel(self._prefix)
+        self._prefix, self._control_channel = self._new_control_channel()
         control = threading.Thread(
             target=self._control_loop, name="wsgi-channels-control", daemon=True
         )
@@ -374,6 +373,19 @@ class Worker:
             self._control_channel = None
             control.join(timeout=0.1)  # it notices on its next receive timeout
             log.info("worker stopped after %d messages", self.requests_taken)
+
+    def _new_control_channel(self) -> tuple[str, str]:
+        """``(name to receive on, control channel)``: a process channel under our
+        prefix, or on layers whose ``new_channel`` takes only ``?`` patterns (ASGI 1.0
+        layers such as asgi_redis 1.4) a single-reader channel received by name."""
+        token = secrets.token_hex(16)
+        prefix = f"{WORKER_PREFIX}{token}!"
+        try:
+            return prefix, self.layer.new_channel(prefix)
+        except Exception as exc:
+            log.debug("the layer refused a process channel (%r); using a '?' channel", exc)
+        channel = self.layer.new_channel(f"{WORKER_PREFIX}{token}?")
+        return channel, channel
 
     def _thread_loop(self, index: int) -> None:
         """One pool thread: take messages, run one, repeat.
