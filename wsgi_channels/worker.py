@@ -81,6 +81,10 @@ ReceiveBatch = Callable[..., list[tuple[str, Any]]]
 #: How long a reply may wait on a full reply channel once the response has started
 #: (before that, the message's deadline rules: the interface stops waiting then).
 STALL_TIMEOUT = 30.0
+#: How long a send may meet a full reply channel without a single message getting
+#: through before the reply is abandoned: our interface drains its reply channels
+#: continuously while it lives, so a channel full this long belongs to a dead one.
+FULL_STALL_TIMEOUT = 2.0
 #: Deadline given to messages without ``wsgi_channels.deadline`` (ASGI 1.0 front
 #: ends): the default message expiry of a layer, after which nobody waits any more.
 DEFAULT_REPLY_TIMEOUT = 60.0
@@ -532,6 +536,7 @@ class Worker:
         that the caller can still answer 500.
         """
         pauses = full_retry_pauses()
+        full_since: float | None = None
         while True:
             try:
                 self.layer.send(channel, message)
@@ -547,6 +552,14 @@ class Worker:
             now = time.time()
             if now >= deadline:
                 raise _Abandon("the reply channel stayed full until the deadline")
+            if full_since is None:
+                full_since = now
+            elif now - full_since >= FULL_STALL_TIMEOUT:
+                # A live interface drains its reply channels continuously; one that
+                # stays full this long has nobody reading it (the process died).
+                raise _Abandon(
+                    f"the reply channel stayed full for {FULL_STALL_TIMEOUT:g} s (nobody reads it)"
+                )
             time.sleep(min(next(pauses), deadline - now))
 
     # -- HTTP -------------------------------------------------------------------------
