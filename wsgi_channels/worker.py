@@ -299,6 +299,8 @@ class Worker:
         self._take_lock = threading.Lock()
         self._handoff: collections.deque[tuple[str, Any]] = collections.deque()
         self._busy = 0
+        self._outage_since: float | None = None
+        self._outage_next_log = 0.0
         self._stopping = threading.Event()
         self._force = False
         self._count_lock = threading.Lock()
@@ -449,16 +451,45 @@ class Worker:
                     batch = self._receive_batch(
                         next(rotations), True, max_messages=free, max_records=records
                     )
+                    self._recovered()
                     self._count(batch)
                     return batch
                 finally:
                     self._take_lock.release()
         except Exception as exc:
-            log.warning("receiving from the layer failed: %s; retrying", exc)
-            stopping.wait(1.0)
+            stopping.wait(self._outage(exc))
             return []
+        self._recovered()
         self._count(batch)
         return batch
+
+    def _outage(self, exc: Exception) -> float:
+        """Note a failed receive; return how long to wait before the next one.
+
+        The whole worker logs one line when an outage begins, then one each time its
+        length doubles, and waits longer between tries (up to 5 s per thread)."""
+        now = time.monotonic()
+        with self._count_lock:
+            if self._outage_since is None:
+                self._outage_since = now
+                self._outage_next_log = now + 1.0
+                log.warning("the channel layer is unavailable (%s); retrying", exc)
+            elif now >= self._outage_next_log:
+                lasted = now - self._outage_since
+                self._outage_next_log = now + lasted
+                log.warning("the channel layer is still unavailable after %.0f s: %s", lasted, exc)
+            lasted = now - self._outage_since
+        return min(5.0, 0.5 + lasted / 4)
+
+    def _recovered(self) -> None:
+        if self._outage_since is None:
+            return
+        with self._count_lock:
+            since, self._outage_since = self._outage_since, None
+        if since is not None:
+            log.warning(
+                "the channel layer is reachable again after %.1f s", time.monotonic() - since
+            )
 
     def _count(self, batch: list[tuple[str, Any]]) -> None:
         if not batch:
@@ -511,8 +542,7 @@ class Worker:
             except Exception as exc:
                 if self._stopping.is_set():
                     return  # stopped: the layer may be closing under us
-                log.warning("receiving on the control channel failed: %s", exc)
-                time.sleep(1.0)
+                self._stopping.wait(self._outage(exc))
                 continue
             if channel is None or not isinstance(message, dict):
                 continue
