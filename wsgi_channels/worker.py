@@ -229,6 +229,35 @@ def _error_status(exc: BaseException) -> int:
     return 500
 
 
+def _run_app(
+    app: WSGIApp,
+    environ: dict[str, Any],
+    translator: ResponseTranslator,
+    request: _Request | None = None,
+) -> None:
+    """Call the app, feed what it returns to *translator* and finish it; the app's
+    iterable is always closed. Shared by the HTTP and WebSocket handlers. Iteration
+    stops once the response is complete (HEAD, Content-Length reached), and raises
+    _Abandon when *request* was cancelled (the client went away)."""
+    iterable: Iterable[bytes] | None = None
+    try:
+        iterable = app(environ, translator.start_response)
+        if type(iterable) is list or type(iterable) is tuple:
+            translator.feed_all(iterable)
+        else:
+            feed = translator.feed
+            for chunk in iterable:
+                feed(chunk)
+                if translator.done:
+                    break
+                if request is not None and request.cancelled:
+                    raise _Abandon("the client went away")
+        translator.finish()
+    finally:
+        if iterable is not None:
+            _close(iterable)
+
+
 def _close(iterable: object) -> None:
     close = getattr(iterable, "close", None)
     if close is not None:
@@ -640,20 +669,8 @@ class Worker:
 
         translator = ResponseTranslator(emit, method=environ["REQUEST_METHOD"], extra_first=extra)
         status: int | None = None
-        iterable: Iterable[bytes] | None = None
         try:
-            iterable = self.app(environ, translator.start_response)
-            if type(iterable) is list or type(iterable) is tuple:
-                translator.feed_all(iterable)
-            else:
-                feed = translator.feed
-                for chunk in iterable:
-                    feed(chunk)
-                    if translator.done:
-                        break  # HEAD, or Content-Length reached
-                    if request is not None and request.cancelled:
-                        raise _Abandon("the client went away")
-            translator.finish()
+            _run_app(self.app, environ, translator, request)
             status = translator.status
         except _Abandon as exc:
             log.info("abandoned the response to %s: %s", environ["PATH_INFO"], exc)
@@ -666,8 +683,6 @@ class Worker:
                 log.exception("error in the app on %s", environ["PATH_INFO"])
             self._fail_http(reply_channel, translator, status, deadline, request)
         finally:
-            if iterable is not None:
-                _close(iterable)
             if request is not None:
                 self._active.pop(reply_channel, None)
         if access_log.isEnabledFor(logging.INFO):
@@ -764,16 +779,9 @@ class Worker:
             collected.append(reply)
 
         translator = ResponseTranslator(collect, max_chunk=MAX_FRAME_SIZE + 1)
-        iterable: Iterable[bytes] | None = None
         status = 500
         try:
-            iterable = self.app(environ, translator.start_response)
-            if type(iterable) is list or type(iterable) is tuple:
-                translator.feed_all(iterable)
-            else:
-                for chunk in iterable:
-                    translator.feed(chunk)
-            translator.finish()
+            _run_app(self.app, environ, translator)
             status = translator.status or 500
             first = collected[0]
             body = (
@@ -787,9 +795,6 @@ class Worker:
             log.exception("error in the app on %s %s", channel, environ["PATH_INFO"])
             status = 500
             replies = websocket_replies(event, 500, [], b"")
-        finally:
-            if iterable is not None:
-                _close(iterable)
         if message.get(EXT_KEY):
             if event == "connect" and replies and replies[0].get("accept"):
                 # The app picks a subprotocol with a Sec-WebSocket-Protocol header in
