@@ -11,18 +11,22 @@ let the ones in flight finish for up to ``graceful_timeout`` seconds, return.
 
 Threads:
 
-* ``threads`` pool threads each receive a message and run the app on it, so a message
-  is taken only when a thread is free to run it; messages not yet taken stay in the
-  layer, where other workers can have them;
+* ``threads`` pool threads run the app; the free thread that holds the take lock
+  receives up to one message per free thread in one call (``receive_batch``; one
+  ``receive`` per thread on layers without it) and hands the others to free threads,
+  so a message is taken only when a thread is free to run it at once; messages not
+  yet taken stay in the layer, where other workers can have them;
 * the thread that calls ``serve`` waits for a stop and runs ``on_tick`` (gunicorn's
   heartbeat) meanwhile;
 * one *control thread* blocks on the worker's process channel prefix
   (``wsgi_channels.worker.<128 random bits>!``) for ``http.disconnect`` notices from our
   interface server (docs/protocol.md).
 
-The layer is any object with the ASGI 1.0 layer methods: only ``send``, ``receive``
-(or the older ``receive_many``), ``new_channel`` and the ``groups`` extension are used,
-so third-party layers such as ``asgi_redis`` work.
+The layer is any object with the ASGI 1.0 layer methods (:class:`Layer`): only
+``send``, ``receive`` (or the older ``receive_many``), ``new_channel`` and, where
+present, ``receive_batch`` are used, so third-party layers such as ``asgi_redis`` work
+(on layers whose ``new_channel`` takes only ``?`` patterns the control channel is a
+``?`` channel).
 """
 
 from __future__ import annotations
