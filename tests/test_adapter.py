@@ -163,7 +163,7 @@ def test_script_name_and_path_info(
 
 def test_headers_repeated_cookies_and_underscores() -> None:
     environ, _ = run_validated(BATTERY[10].values[0])
-    assert environ["HTTP_ACCEPT"] == "text/html, application/json"
+    assert environ["HTTP_ACCEPT"] == "text/html,application/json"
     assert environ["HTTP_COOKIE"] == "a=1; b=2"
     # x_forwarded_for is dropped, so it cannot pose as X-Forwarded-For.
     assert environ["HTTP_X_FORWARDED_FOR"] == "good"
@@ -573,3 +573,62 @@ def test_file_wrapper_through_validator() -> None:
     t.finish()
     result.close()  # type: ignore[attr-defined]
     assert [len(m["content"]) for m in emitted] == [MAX_CHUNK_SIZE, 1, 0]
+
+
+# -- repeated headers, as gunicorn joins them -------------------------------------------
+
+_ECHO_APP = """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("%s|%s" % (environ.get("HTTP_X_CUSTOM"), environ.get("HTTP_COOKIE"))).encode()]
+"""
+
+
+def test_repeated_headers_joined_as_gunicorn_joins_them(tmp_path: Any) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    headers = [
+        (b"x-custom", b"one"),
+        (b"x-custom", b"two"),
+        (b"cookie", b"a=1"),
+        (b"cookie", b"b=2"),
+    ]
+    ours = build_environ(message(headers=[[b"host", b"x"], *map(list, headers)]), io.BytesIO())
+    (tmp_path / "echo_app.py").write_text(_ECHO_APP)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "echo_app:app"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.1)
+        raw = b"GET / HTTP/1.0\r\nHost: x\r\n"
+        raw += b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n"
+        client.sendall(raw)
+        response = b""
+        while chunk := client.recv(65536):
+            response += chunk
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    gunicorn_body = response.split(b"\r\n\r\n", 1)[1].decode()
+    assert gunicorn_body.split("|")[0] == ours["HTTP_X_CUSTOM"] == "one,two"
+    # Cookies are joined with "; " (RFC 6265 5.4; werkzeug, wsgiref and Channels 1.x
+    # do so), since cookie parsers split on ";" only: this gunicorn gives "a=1,b=2".
+    assert ours["HTTP_COOKIE"] == "a=1; b=2"

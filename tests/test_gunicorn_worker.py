@@ -121,3 +121,21 @@ def test_max_requests_recycles_the_worker(gunicorn: Any) -> None:
     pids = [server.pid() for _ in range(3)]
     assert len(set(pids)) == 1
     assert server.pid() != pids[0]  # the fourth waits in the layer for the new worker
+
+
+def test_layer_down_at_start_is_one_line_and_an_exit(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    # A Redis URL nobody listens on: the child says so once and gunicorn stops,
+    # instead of "taking messages" and then retrying forever.
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    server = Gunicorn(url, tmp_path)
+    try:
+        code = server.proc.wait(30)
+    finally:
+        server.stop()
+    output = server.log.read_text()
+    assert code != 0
+    assert "taking messages" not in output
+    assert output.count("is unreachable") == 1, output
+    assert "Traceback" not in output, output

@@ -11,6 +11,7 @@ import pytest
 from flask import Flask, Response, request, session, stream_with_context
 
 from wsgi_channels import Channel, ChannelsMiddleware, Group
+from wsgi_channels.layers.base import InvalidMessage
 from wsgi_channels.testing import (
     WebSocketClosed,
     WebSocketRejected,
@@ -238,3 +239,19 @@ def test_send_before_connect_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         ws.send_text("too early")
     ws.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [{"text": {"oops": 1}}, {"text": 1}, {"bytes": "str"}, {"close": 99999}, {"close": "x"}],
+    ids=["text-dict", "text-int", "bytes-str", "close-code", "close-str"],
+)
+def test_websocket_refuses_a_reply_the_interface_would_drop(
+    client: tuple[WorkerTestApp, Any], reply: dict[str, Any]
+) -> None:
+    # A forgotten json.dumps: production drops the message, so the test must not pass.
+    app, _ = client
+    with app.websocket("/ws") as ws:
+        app.layer.send(ws.reply_channel, reply)
+        with pytest.raises(InvalidMessage, match="interface server would drop"):
+            ws.receive()

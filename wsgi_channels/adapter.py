@@ -213,6 +213,8 @@ def _header_pairs(message: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _add_headers(environ: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
+    """Repeated headers are joined with "," (cookies with "; "), as gunicorn,
+    werkzeug, wsgiref and Channels 1.x join them."""
     for name, value in pairs:
         # "foo_bar" and "foo-bar" would both become HTTP_FOO_BAR: a proxy that filters
         # one spelling would let the other through (the nginx/Apache rule). Drop them.
@@ -230,7 +232,7 @@ def _add_headers(environ: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
         elif key == "HTTP_COOKIE":
             environ[key] = existing + "; " + value
         else:
-            environ[key] = existing + ", " + value
+            environ[key] = existing + "," + value
 
 
 def _wsgi_path(path: str, root_path: str) -> tuple[str, str]:

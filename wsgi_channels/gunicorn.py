@@ -20,15 +20,28 @@ Settings used, mapped in :meth:`ChannelWorker.worker_options` only: ``--threads`
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Any
 
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as GunicornWorker
 
 from .layers import get_default_layer
+from .layers.base import LayerUnavailable
 from .worker import Worker
 
 __all__ = ["ChannelWorker"]
+
+WORKER_BOOT_ERROR: int = Arbiter.WORKER_BOOT_ERROR
+
+
+def _layer_name(layer: Any) -> str:
+    from .layers import mask_url
+
+    url = getattr(layer, "url", None)
+    return mask_url(url) if isinstance(url, str) else type(layer).__name__
 
 
 class ChannelWorker(GunicornWorker):  # type: ignore[misc]
@@ -56,6 +69,16 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
             "max_requests": max_requests if self.cfg.max_requests > 0 else 0,
         }
 
+    def _route_logs(self) -> None:
+        """Our loggers write through gunicorn's error log (its format and file), so
+        that an outage reads as formatted lines, not bare messages on stderr."""
+        ours = logging.getLogger("wsgi_channels")
+        if not ours.handlers:
+            for handler in self.log.error_log.handlers:
+                ours.addHandler(handler)
+            ours.setLevel(self.log.error_log.level)
+            ours.propagate = False
+
     def _should_stop(self) -> bool:
         return not self.alive or self.ppid != os.getppid()
 
@@ -64,7 +87,15 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
         # so that a Django project's WSGI_CHANNELS_LAYER setting, readable once the app
         # has set Django up, names the same layer here as in the app's own Group()
         # calls (get_default_layer makes a fresh one after the fork).
+        self._route_logs()
         self.layer = get_default_layer()
+        try:
+            # A cheap call that needs the server, as `wsgi-channels worker` makes.
+            self.layer.channel_statistics("http.request")
+        except LayerUnavailable as exc:
+            self.log.error("channel layer %s is unreachable: %s", _layer_name(self.layer), exc)
+            # gunicorn's master stops (rather than forking again) on a boot error.
+            sys.exit(WORKER_BOOT_ERROR)
         worker = Worker(self.wsgi, self.layer, **self.worker_options())
         self.log.info("wsgi-channels worker (pid %s) taking messages", self.pid)
         worker.serve(should_stop=self._should_stop, on_tick=self.notify)

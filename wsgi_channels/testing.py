@@ -38,17 +38,15 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import protocol
 from .layers import set_default_layer
-from .layers.base import ChannelFull, Message
+from .layers.base import ChannelFull, InvalidMessage, Message
 from .layers.memory import MemoryChannelLayer
 from .protocol import (
     BODY_CHANNEL_PATTERN,
     BODY_CHUNK_SIZE,
     CONTROL_KEY,
-    DEADLINE_KEY,
-    DISCONNECT_TYPE,
     DONE_KEY,
-    EXT_KEY,
     INLINE_BODY_LIMIT,
 )
 
@@ -213,19 +211,15 @@ class WorkerHarness:
         body_channel = None
         if len(body) > INLINE_BODY_LIMIT:
             body_channel = self.layer.new_channel(BODY_CHANNEL_PATTERN)
-        message = http_request_message(environ, reply_channel, body[:INLINE_BODY_LIMIT])
-        message["body_channel"] = body_channel
-        message[DEADLINE_KEY] = deadline
+        message = http_request_message(
+            environ, reply_channel, body[:INLINE_BODY_LIMIT], body_channel, deadline
+        )
         self.send("http.request", message, deadline)
         if body_channel is not None:
             rest = body[INLINE_BODY_LIMIT:]
             for start in range(0, len(rest), BODY_CHUNK_SIZE):
                 more = start + BODY_CHUNK_SIZE < len(rest)
-                chunk = {
-                    "content": rest[start : start + BODY_CHUNK_SIZE],
-                    "closed": False,
-                    "more_content": more,
-                }
+                chunk = protocol.body_chunk(rest[start : start + BODY_CHUNK_SIZE], more=more)
                 self.send(body_channel, chunk, deadline)
 
         first = self.receive(prefix, deadline)
@@ -275,7 +269,7 @@ class _ReplyBody:
             self.finished = True
             self.harness.send(
                 control,
-                {"type": DISCONNECT_TYPE, "reply_channel": self.first.get("reply_channel")},
+                protocol.disconnect_notice(str(self.first.get("reply_channel"))),
                 time.time() + self.harness.timeout,
             )
 
@@ -284,11 +278,12 @@ def _read_body(environ: WSGIEnvironment) -> bytes:
     stream = environ.get("wsgi.input")
     if stream is None:
         return b""
-    length = environ.get("CONTENT_LENGTH") or ""
-    if length.strip().isdigit():
-        data: bytes = stream.read(int(length))
+    try:
+        length = protocol.parse_content_length(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        data: bytes = stream.read()
     else:
-        data = stream.read()
+        data = stream.read(length)
     return data
 
 
@@ -312,27 +307,32 @@ def environ_headers(environ: Mapping[str, Any]) -> list[list[bytes]]:
 
 
 def http_request_message(
-    environ: Mapping[str, Any], reply_channel: str, body: bytes = b""
+    environ: Mapping[str, Any],
+    reply_channel: str,
+    body: bytes = b"",
+    body_channel: str | None = None,
+    deadline: float | None = None,
 ) -> Message:
     """The ``http.request`` message our interface server would send for the request
-    described by a WSGI *environ* (as webtest or werkzeug's test client build them)."""
+    described by a WSGI *environ* (as webtest or werkzeug's test client build them),
+    built by the same function as the interface's."""
     remote = environ.get("REMOTE_ADDR")
     server_port = str(environ.get("SERVER_PORT") or "80")
-    return {
-        "reply_channel": reply_channel,
-        "http_version": str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).removeprefix("HTTP/"),
-        "method": str(environ.get("REQUEST_METHOD", "GET")).upper(),
-        "scheme": environ.get("wsgi.url_scheme", "http"),
-        "path": _wsgi_to_str(environ.get("PATH_INFO", "") or "/"),
-        "query_string": str(environ.get("QUERY_STRING", "")).encode("latin-1"),
-        "root_path": _wsgi_to_str(environ.get("SCRIPT_NAME", "")),
-        "headers": environ_headers(environ),
-        "body": body,
-        "body_channel": None,
-        "client": [remote, int(environ.get("REMOTE_PORT") or 0)] if remote else None,
-        "server": [environ.get("SERVER_NAME", "localhost"), int(server_port)],
-        EXT_KEY: 1,
-    }
+    return protocol.http_request_message(
+        reply_channel=reply_channel,
+        http_version=str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).removeprefix("HTTP/"),
+        method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
+        scheme=environ.get("wsgi.url_scheme", "http"),
+        path=_wsgi_to_str(environ.get("PATH_INFO", "") or "/"),
+        query_string=str(environ.get("QUERY_STRING", "")).encode("latin-1"),
+        root_path=_wsgi_to_str(environ.get("SCRIPT_NAME", "")),
+        headers=environ_headers(environ),
+        body=body,
+        body_channel=body_channel,
+        client=[remote, int(environ.get("REMOTE_PORT") or 0)] if remote else None,
+        server=[environ.get("SERVER_NAME", "localhost"), int(server_port)],
+        deadline=time.time() + 60.0 if deadline is None else deadline,
+    )
 
 
 class WorkerTestApp(webtest.TestApp):  # type: ignore[misc]
@@ -571,20 +571,18 @@ class WebSocketTestClient:
         self._order += 1
         order = self._order
         deadline = time.time() + self.timeout
-        message: Message = {
-            "reply_channel": self.reply_channel,
-            "path": self.path,
-            "query_string": self.query_string,
-            "root_path": "",
-            "scheme": self.scheme,
-            "headers": self.headers,
-            "client": ["127.0.0.1", 50000],
-            "server": [self.host.rpartition(":")[0] or self.host, _port(self.host)],
-            "order": order,
-            EXT_KEY: 1,
-            DEADLINE_KEY: deadline,
-            **keys,
-        }
+        name, port = protocol.split_host_port(self.host)
+        base = protocol.websocket_base(
+            reply_channel=self.reply_channel,
+            path=self.path,
+            query_string=self.query_string,
+            root_path="",
+            scheme=self.scheme,
+            headers=self.headers,
+            client=["127.0.0.1", 50000],
+            server=[name, port if port is not None and port >= 0 else 80],
+        )
+        message = protocol.websocket_event(base, order, deadline, keys)
         self.harness.send(kind, message, deadline)
         while self._done < order:
             if time.time() >= deadline:
@@ -601,6 +599,13 @@ class WebSocketTestClient:
         message = self.harness.receive(self.prefix, time.time() + timeout)
         if message is None:
             return False
+        reason = protocol.check_websocket_reply(message)
+        if reason is not None:
+            # The interface server would drop this message (and log it): a test must
+            # not pass on what production never delivers.
+            raise InvalidMessage(
+                f"the app sent a WebSocket reply the interface server would drop: {reason}"
+            )
         if message.get("accept"):
             self.accepted = True
         if self.close_code is None:  # a closed socket drops what comes after the close
@@ -618,8 +623,3 @@ class WebSocketTestClient:
     def _release(self) -> None:
         if self._owns_harness:
             self.harness.close()
-
-
-def _port(host: str) -> int:
-    _, sep, port = host.rpartition(":")
-    return int(port) if sep and port.isdigit() else 80

@@ -11,18 +11,22 @@ let the ones in flight finish for up to ``graceful_timeout`` seconds, return.
 
 Threads:
 
-* ``threads`` pool threads each receive a message and run the app on it, so a message
-  is taken only when a thread is free to run it; messages not yet taken stay in the
-  layer, where other workers can have them;
+* ``threads`` pool threads run the app; the free thread that holds the take lock
+  receives up to one message per free thread in one call (``receive_batch``; one
+  ``receive`` per thread on layers without it) and hands the others to free threads,
+  so a message is taken only when a thread is free to run it at once; messages not
+  yet taken stay in the layer, where other workers can have them;
 * the thread that calls ``serve`` waits for a stop and runs ``on_tick`` (gunicorn's
   heartbeat) meanwhile;
 * one *control thread* blocks on the worker's process channel prefix
   (``wsgi_channels.worker.<128 random bits>!``) for ``http.disconnect`` notices from our
   interface server (docs/protocol.md).
 
-The layer is any object with the ASGI 1.0 layer methods: only ``send``, ``receive``
-(or the older ``receive_many``), ``new_channel`` and the ``groups`` extension are used,
-so third-party layers such as ``asgi_redis`` work.
+The layer is any object with the ASGI 1.0 layer methods (:class:`Layer`): only
+``send``, ``receive`` (or the older ``receive_many``), ``new_channel`` and, where
+present, ``receive_batch`` are used, so third-party layers such as ``asgi_redis`` work
+(on layers whose ``new_channel`` takes only ``?`` patterns the control channel is a
+``?`` channel).
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ ReceiveBatch = Callable[..., list[tuple[str, Any]]]
 #: How long a reply may wait on a full reply channel once the response has started
 #: (before that, the message's deadline rules: the interface stops waiting then).
 STALL_TIMEOUT = 30.0
+#: How long a send may meet a full reply channel without a single message getting
+#: through before the reply is abandoned: our interface drains its reply channels
+#: continuously while it lives, so a channel full this long belongs to a dead one.
+FULL_STALL_TIMEOUT = 2.0
 #: Deadline given to messages without ``wsgi_channels.deadline`` (ASGI 1.0 front
 #: ends): the default message expiry of a layer, after which nobody waits any more.
 DEFAULT_REPLY_TIMEOUT = 60.0
@@ -225,6 +233,35 @@ def _error_status(exc: BaseException) -> int:
     return 500
 
 
+def _run_app(
+    app: WSGIApp,
+    environ: dict[str, Any],
+    translator: ResponseTranslator,
+    request: _Request | None = None,
+) -> None:
+    """Call the app, feed what it returns to *translator* and finish it; the app's
+    iterable is always closed. Shared by the HTTP and WebSocket handlers. Iteration
+    stops once the response is complete (HEAD, Content-Length reached), and raises
+    _Abandon when *request* was cancelled (the client went away)."""
+    iterable: Iterable[bytes] | None = None
+    try:
+        iterable = app(environ, translator.start_response)
+        if type(iterable) is list or type(iterable) is tuple:
+            translator.feed_all(iterable)
+        else:
+            feed = translator.feed
+            for chunk in iterable:
+                feed(chunk)
+                if translator.done:
+                    break
+                if request is not None and request.cancelled:
+                    raise _Abandon("the client went away")
+        translator.finish()
+    finally:
+        if iterable is not None:
+            _close(iterable)
+
+
 def _close(iterable: object) -> None:
     close = getattr(iterable, "close", None)
     if close is not None:
@@ -295,6 +332,8 @@ class Worker:
         self._take_lock = threading.Lock()
         self._handoff: collections.deque[tuple[str, Any]] = collections.deque()
         self._busy = 0
+        self._outage_since: float | None = None
+        self._outage_next_log = 0.0
         self._stopping = threading.Event()
         self._force = False
         self._count_lock = threading.Lock()
@@ -345,8 +384,7 @@ class Worker:
         new one.
         """
         self._force = False
-        self._prefix = f"{WORKER_PREFIX}{secrets.token_hex(16)}!"
-        self._control_channel = self.layer.new_channel(self._prefix)
+        self._prefix, self._control_channel = self._new_control_channel()
         control = threading.Thread(
             target=self._control_loop, name="wsgi-channels-control", daemon=True
         )
@@ -374,6 +412,19 @@ class Worker:
             self._control_channel = None
             control.join(timeout=0.1)  # it notices on its next receive timeout
             log.info("worker stopped after %d messages", self.requests_taken)
+
+    def _new_control_channel(self) -> tuple[str, str]:
+        """``(name to receive on, control channel)``: a process channel under our
+        prefix, or on layers whose ``new_channel`` takes only ``?`` patterns (ASGI 1.0
+        layers such as asgi_redis 1.4) a single-reader channel received by name."""
+        token = secrets.token_hex(16)
+        prefix = f"{WORKER_PREFIX}{token}!"
+        try:
+            return prefix, self.layer.new_channel(prefix)
+        except Exception as exc:
+            log.debug("the layer refused a process channel (%r); using a '?' channel", exc)
+        channel = self.layer.new_channel(f"{WORKER_PREFIX}{token}?")
+        return channel, channel
 
     def _thread_loop(self, index: int) -> None:
         """One pool thread: take messages, run one, repeat.
@@ -433,16 +484,45 @@ class Worker:
                     batch = self._receive_batch(
                         next(rotations), True, max_messages=free, max_records=records
                     )
+                    self._recovered()
                     self._count(batch)
                     return batch
                 finally:
                     self._take_lock.release()
         except Exception as exc:
-            log.warning("receiving from the layer failed: %s; retrying", exc)
-            stopping.wait(1.0)
+            stopping.wait(self._outage(exc))
             return []
+        self._recovered()
         self._count(batch)
         return batch
+
+    def _outage(self, exc: Exception) -> float:
+        """Note a failed receive; return how long to wait before the next one.
+
+        The whole worker logs one line when an outage begins, then one each time its
+        length doubles, and waits longer between tries (up to 5 s per thread)."""
+        now = time.monotonic()
+        with self._count_lock:
+            if self._outage_since is None:
+                self._outage_since = now
+                self._outage_next_log = now + 1.0
+                log.warning("the channel layer is unavailable (%s); retrying", exc)
+            elif now >= self._outage_next_log:
+                lasted = now - self._outage_since
+                self._outage_next_log = now + lasted
+                log.warning("the channel layer is still unavailable after %.0f s: %s", lasted, exc)
+            lasted = now - self._outage_since
+        return min(5.0, 0.5 + lasted / 4)
+
+    def _recovered(self) -> None:
+        if self._outage_since is None:
+            return
+        with self._count_lock:
+            since, self._outage_since = self._outage_since, None
+        if since is not None:
+            log.warning(
+                "the channel layer is reachable again after %.1f s", time.monotonic() - since
+            )
 
     def _count(self, batch: list[tuple[str, Any]]) -> None:
         if not batch:
@@ -495,8 +575,7 @@ class Worker:
             except Exception as exc:
                 if self._stopping.is_set():
                     return  # stopped: the layer may be closing under us
-                log.warning("receiving on the control channel failed: %s", exc)
-                time.sleep(1.0)
+                self._stopping.wait(self._outage(exc))
                 continue
             if channel is None or not isinstance(message, dict):
                 continue
@@ -520,6 +599,7 @@ class Worker:
         that the caller can still answer 500.
         """
         pauses = full_retry_pauses()
+        full_since: float | None = None
         while True:
             try:
                 self.layer.send(channel, message)
@@ -535,6 +615,14 @@ class Worker:
             now = time.time()
             if now >= deadline:
                 raise _Abandon("the reply channel stayed full until the deadline")
+            if full_since is None:
+                full_since = now
+            elif now - full_since >= FULL_STALL_TIMEOUT:
+                # A live interface drains its reply channels continuously; one that
+                # stays full this long has nobody reading it (the process died).
+                raise _Abandon(
+                    f"the reply channel stayed full for {FULL_STALL_TIMEOUT:g} s (nobody reads it)"
+                )
             time.sleep(min(next(pauses), deadline - now))
 
     # -- HTTP -------------------------------------------------------------------------
@@ -585,20 +673,8 @@ class Worker:
 
         translator = ResponseTranslator(emit, method=environ["REQUEST_METHOD"], extra_first=extra)
         status: int | None = None
-        iterable: Iterable[bytes] | None = None
         try:
-            iterable = self.app(environ, translator.start_response)
-            if type(iterable) is list or type(iterable) is tuple:
-                translator.feed_all(iterable)
-            else:
-                feed = translator.feed
-                for chunk in iterable:
-                    feed(chunk)
-                    if translator.done:
-                        break  # HEAD, or Content-Length reached
-                    if request is not None and request.cancelled:
-                        raise _Abandon("the client went away")
-            translator.finish()
+            _run_app(self.app, environ, translator, request)
             status = translator.status
         except _Abandon as exc:
             log.info("abandoned the response to %s: %s", environ["PATH_INFO"], exc)
@@ -611,8 +687,6 @@ class Worker:
                 log.exception("error in the app on %s", environ["PATH_INFO"])
             self._fail_http(reply_channel, translator, status, deadline, request)
         finally:
-            if iterable is not None:
-                _close(iterable)
             if request is not None:
                 self._active.pop(reply_channel, None)
         if access_log.isEnabledFor(logging.INFO):
@@ -645,17 +719,26 @@ class Worker:
             log.info("could not send the error reply: %s", exc)
 
     def _log_access(
-        self, environ: Mapping[str, Any], status: int | None, size: int, started: float
+        self,
+        environ: Mapping[str, Any],
+        status: int | str | None,
+        size: int,
+        started: float,
+        request_line: str | None = None,
     ) -> None:
         query = environ["QUERY_STRING"]
+        target = _log_safe(
+            environ["SCRIPT_NAME"] + environ["PATH_INFO"] + ("?" if query else "") + query
+        )
+        if request_line is None:
+            method = _log_safe(environ["REQUEST_METHOD"])
+            request_line = f'"{method} {target} {environ["SERVER_PROTOCOL"]}"'
+        else:
+            request_line = f"{request_line} {target}"
         access_log.info(
-            '%s - "%s %s%s%s %s" %s %d %.6f',
-            environ.get("REMOTE_ADDR", "-"),
-            environ["REQUEST_METHOD"],
-            environ["SCRIPT_NAME"] + environ["PATH_INFO"],
-            "?" if query else "",
-            query,
-            environ["SERVER_PROTOCOL"],
+            "%s - %s %s %d %.6f",
+            _log_safe(str(environ.get("REMOTE_ADDR", "-"))),
+            request_line,
             status if status is not None else "-",
             size,
             time.perf_counter() - started,
@@ -700,16 +783,9 @@ class Worker:
             collected.append(reply)
 
         translator = ResponseTranslator(collect, max_chunk=MAX_FRAME_SIZE + 1)
-        iterable: Iterable[bytes] | None = None
         status = 500
         try:
-            iterable = self.app(environ, translator.start_response)
-            if type(iterable) is list or type(iterable) is tuple:
-                translator.feed_all(iterable)
-            else:
-                for chunk in iterable:
-                    translator.feed(chunk)
-            translator.finish()
+            _run_app(self.app, environ, translator)
             status = translator.status or 500
             first = collected[0]
             body = (
@@ -723,9 +799,6 @@ class Worker:
             log.exception("error in the app on %s %s", channel, environ["PATH_INFO"])
             status = 500
             replies = websocket_replies(event, 500, [], b"")
-        finally:
-            if iterable is not None:
-                _close(iterable)
         if message.get(EXT_KEY):
             if event == "connect" and replies and replies[0].get("accept"):
                 # The app picks a subprotocol with a Sec-WebSocket-Protocol header in
@@ -757,8 +830,13 @@ class Worker:
                 for reply in fallback:
                     self._send(reply_channel, reply, deadline, None)
         if access_log.isEnabledFor(logging.INFO):
-            environ["REQUEST_METHOD"] = "WEBSOCKET." + event.upper()
-            self._log_access(environ, status, size, started)
+            self._log_access(
+                environ,
+                _websocket_status(event, replies, status),
+                size,
+                started,
+                "WebSocket " + event.upper(),
+            )
 
     # -- malformed messages -----------------------------------------------------------
 
@@ -788,3 +866,25 @@ def _deadline(message: Mapping[str, Any], now: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise MalformedMessage(f"{DEADLINE_KEY!r} must be a number")
     return float(value)
+
+
+# Control characters (C0, DEL, C1) in what a client sent would forge or garble
+# access-log lines: they are written as \xNN, and so are a backslash and a quote.
+_LOG_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0xA0))}
+
+
+def _log_safe(text: str) -> str:
+    return text.translate(_LOG_ESCAPES)
+
+
+def _websocket_status(event: str, replies: list[dict[str, Any]], status: int) -> int | str:
+    """What an access-log line shows for a WebSocket event: for a connect, 101 if the
+    app accepted and 403 if it refused; otherwise the app's status."""
+    if event != "connect":
+        return status
+    for reply in replies:
+        if reply.get("accept"):
+            return 101
+        if reply.get("close") or reply.get("accept") is False:
+            return 403
+    return status
