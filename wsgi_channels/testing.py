@@ -58,7 +58,7 @@ try:
         import webtest
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "wsgi_channels.testing needs WebTest: pip install 'wsgi-channels[test]'"
+        "wsgi_channels.testing needs WebTest: pip install 'wsgi-channels[testing]'"
     ) from exc
 
 if TYPE_CHECKING:
