@@ -491,7 +491,7 @@ def _run(
 ) -> None:
     import uvicorn
 
-    from .interface import InterfaceServer
+    from .interface import InterfaceConfig, InterfaceServer
     from .layers import set_default_layer
     from .worker import Worker
 
@@ -507,7 +507,7 @@ def _run(
     worker_thread.start()
     try:
         config = uvicorn.Config(
-            InterfaceServer(layer),
+            InterfaceServer(layer, InterfaceConfig.from_environ(os.environ)),
             host=host or "127.0.0.1",
             port=port or 0,
             uds=uds,
@@ -632,6 +632,14 @@ def _bind(config: Any) -> socket.socket:
     help="Seconds a WebSocket handshake waits for the app to accept (then 403). "
     "[env: WSGI_CHANNELS_WEBSOCKET_CONNECT_TIMEOUT]",
 )
+@click.option(
+    "--health-path",
+    envvar=_env("HEALTH_PATH"),
+    default="",
+    metavar="PATH",
+    help="Answer GET PATH (e.g. /healthz) with the deployment's health: 200 or 503 and "
+    "JSON, for load balancers; off by default. [env: WSGI_CHANNELS_HEALTH_PATH]",
+)
 @log_level_option
 @access_log_option
 def interface(
@@ -643,30 +651,37 @@ def interface(
     max_body: int,
     http_timeout: float,
     websocket_connect_timeout: float,
+    health_path: str,
     log_level: str,
     access_log: bool,
 ) -> None:
     """Serve HTTP and WebSocket clients, passing them on to workers over the layer."""
     import uvicorn
 
+    from .interface import InterfaceConfig
+
     host, port, uds = parse_bind(bind)
     _check_interface_options(http_timeout, websocket_connect_timeout, allowed_origins)
+    try:
+        # The one configuration object; every process rebuilds it from the environment.
+        settings = InterfaceConfig.from_environ(
+            os.environ,
+            allowed_origins=allowed_origins,
+            root_path=root_path,
+            max_body=max_body,
+            http_timeout=http_timeout,
+            websocket_connect_timeout=websocket_connect_timeout,
+            health_path=health_path,
+        )
+    except ConfigurationError as exc:
+        _fail(str(exc))
     _check_bind(host, port, uds)
     url = layer_url_of(layer_url)
     open_layer(url).close()
     _configure_logging(log_level, access_log=access_log)
     # Each process builds its InterfaceServer with create_app() from these variables:
     # uvicorn's worker processes are spawned, and inherit the environment.
-    os.environ.update(
-        {
-            LAYER_ENV: url,
-            _env("ALLOWED_ORIGINS"): " ".join(allowed_origins),
-            _env("ROOT_PATH"): root_path,
-            _env("MAX_BODY"): str(max_body),
-            _env("HTTP_TIMEOUT"): repr(http_timeout),
-            _env("WEBSOCKET_CONNECT_TIMEOUT"): repr(websocket_connect_timeout),
-        }
-    )
+    os.environ.update({LAYER_ENV: url, **settings.to_environ()})
     options = _uvicorn_options(log_level)
     if workers > 1:
         # uvicorn's supervisor binds the socket and logs where it listens.
@@ -760,6 +775,33 @@ def send(
         _fail(str(exc))
     finally:
         layer.close()
+
+
+@cli.command()
+@layer_option
+@click.option(
+    "--max-wait",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds the oldest waiting request may have waited in a healthy deployment.",
+)
+def check(layer_url: str | None, max_wait: float) -> None:
+    """Say whether the deployment can serve: the layer answers and workers take
+    requests. Exit 0 healthy, 1 layer unreachable, 3 no worker takes requests."""
+    from .health import check as check_health
+
+    url = layer_url_of(layer_url)
+    try:
+        layer = layer_from_url(url)
+    except ChannelsError as exc:
+        _fail(str(exc))
+    try:
+        health = check_health(layer, max_wait)
+    finally:
+        layer.close()
+    click.echo(f"{'ok' if health.healthy else 'unhealthy'}: {health.reason} ({mask_url(url)})")
+    sys.exit(health.exit_code)
 
 
 @cli.command()

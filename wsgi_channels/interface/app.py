@@ -16,6 +16,7 @@ classes with our bounds).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -140,6 +141,9 @@ class InterfaceServer:
         kind = scope["type"]
         if kind == "http":
             self.start()
+            if self.config.health_path and scope["path"] == self.config.health_path:
+                await self._health(send)
+                return
             await HttpExchange(
                 scope, receive, send, config=self.config, router=self.router,
                 waiting=self.waiting, on_shutdown=self._shutting_down,
@@ -151,6 +155,28 @@ class InterfaceServer:
             await self._lifespan(receive, send)
         else:
             raise ValueError(f"unknown ASGI scope type {kind!r}")
+
+    async def _health(self, send: Send) -> None:
+        """The health endpoint (see :mod:`wsgi_channels.health`). The check is one
+        synchronous layer call, run in a thread: it is off the hot path, and the
+        loop must not wait on a layer that may be down."""
+        from ..health import check
+
+        loop = asyncio.get_running_loop()
+        health = await loop.run_in_executor(None, check, self.layer, self.config.no_worker_warning)
+        body = json.dumps(health.as_dict()).encode() + b"\n"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": health.http_status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(body)),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

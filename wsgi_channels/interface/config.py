@@ -135,7 +135,11 @@ class InterfaceConfig:
       previous event; over it the socket is closed with 1013.
     * ``retry_after``: seconds put in ``Retry-After`` of a 503.
     * ``no_worker_warning``: seconds a request may wait for a worker before the
-      process logs that nobody seems to take ``http.request``.
+      process logs that nobody seems to take ``http.request``; also the wait after
+      which the health endpoint says no worker takes requests.
+    * ``health_path``: a path (``/healthz``, say) answered by the interface itself
+      with the deployment's health (200 or 503, JSON), for load balancers; off when
+      empty.
     """
 
     http_timeout: float = 60.0
@@ -149,6 +153,7 @@ class InterfaceConfig:
     websocket_buffer: int = 1024
     retry_after: int = 1
     no_worker_warning: float = 5.0
+    health_path: str = ""
 
     def __post_init__(self) -> None:
         if self.http_timeout <= 0 or self.websocket_connect_timeout <= 0:
@@ -186,6 +191,7 @@ class InterfaceConfig:
             ENV_PREFIX + "ALLOWED_ORIGINS": " ".join(self.allowed_origins),
             ENV_PREFIX + "MAX_BODY": str(self.max_body),
             ENV_PREFIX + "ROOT_PATH": self.root_path,
+            ENV_PREFIX + "HEALTH_PATH": self.health_path,
         }
 
 
@@ -196,4 +202,5 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAX_BODY": ("max_body", parse_size),
     "ROOT_PATH": ("root_path", str),
     "NO_WORKER_WARNING": ("no_worker_warning", float),
+    "HEALTH_PATH": ("health_path", str),
 }
