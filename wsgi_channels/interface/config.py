@@ -136,6 +136,14 @@ class InterfaceConfig:
     * ``retry_after``: seconds put in ``Retry-After`` of a 503.
     * ``no_worker_warning``: seconds a request may wait for a worker before the
       process logs that nobody seems to take ``http.request``.
+    * ``header_timeout``: seconds a client has to send a whole request head, from its
+      first byte; then 408 and the connection is closed.
+    * ``keep_alive_timeout``: seconds a connection may stay silent, from the moment it
+      is opened and after each response; then it is closed.
+    * ``body_timeout``: seconds a request body may take to arrive while it is held in
+      the interface (then 408), and, once streamed to a worker, between two reads.
+    * ``body_buffer``: bytes of a request body the interface holds until the body is
+      complete before a worker sees the request; a larger body is streamed.
     """
 
     http_timeout: float = 60.0
@@ -149,11 +157,22 @@ class InterfaceConfig:
     websocket_buffer: int = 1024
     retry_after: int = 1
     no_worker_warning: float = 5.0
+    header_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    body_timeout: float = 30.0
+    body_buffer: int = 1024 * 1024
 
     def __post_init__(self) -> None:
-        if self.http_timeout <= 0 or self.websocket_connect_timeout <= 0:
+        timeouts = (
+            self.http_timeout,
+            self.websocket_connect_timeout,
+            self.header_timeout,
+            self.keep_alive_timeout,
+            self.body_timeout,
+        )
+        if min(timeouts) <= 0:
             raise ConfigurationError("timeouts must be positive numbers of seconds")
-        if self.max_body < 0:
+        if self.max_body < 0 or self.body_buffer < 0:
             raise ConfigurationError("max_body must be a number of bytes, 0 or more")
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         object.__setattr__(self, "root_path", self.root_path.rstrip("/"))
@@ -163,7 +182,9 @@ class InterfaceConfig:
     def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> InterfaceConfig:
         """The configuration named by ``WSGI_CHANNELS_*`` variables in *environ*
         (``HTTP_TIMEOUT``, ``WEBSOCKET_CONNECT_TIMEOUT``, ``ALLOWED_ORIGINS`` (spaces
-        or commas), ``MAX_BODY`` (bytes, or with K/M/G), ``ROOT_PATH``), then
+        or commas), ``MAX_BODY`` (bytes, or with K/M/G), ``ROOT_PATH``,
+        ``NO_WORKER_WARNING``, ``HEADER_TIMEOUT``, ``KEEP_ALIVE_TIMEOUT``,
+        ``BODY_TIMEOUT``, ``BODY_BUFFER`` (a size)), then
         *overrides*. ConfigurationError names the variable of a bad value."""
         options: dict[str, Any] = {}
         for suffix, (option, parse) in _ENVIRONMENT.items():
@@ -186,6 +207,11 @@ class InterfaceConfig:
             ENV_PREFIX + "ALLOWED_ORIGINS": " ".join(self.allowed_origins),
             ENV_PREFIX + "MAX_BODY": str(self.max_body),
             ENV_PREFIX + "ROOT_PATH": self.root_path,
+            ENV_PREFIX + "NO_WORKER_WARNING": repr(self.no_worker_warning),
+            ENV_PREFIX + "HEADER_TIMEOUT": repr(self.header_timeout),
+            ENV_PREFIX + "KEEP_ALIVE_TIMEOUT": repr(self.keep_alive_timeout),
+            ENV_PREFIX + "BODY_TIMEOUT": repr(self.body_timeout),
+            ENV_PREFIX + "BODY_BUFFER": str(self.body_buffer),
         }
 
 
@@ -196,4 +222,8 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAX_BODY": ("max_body", parse_size),
     "ROOT_PATH": ("root_path", str),
     "NO_WORKER_WARNING": ("no_worker_warning", float),
+    "HEADER_TIMEOUT": ("header_timeout", float),
+    "KEEP_ALIVE_TIMEOUT": ("keep_alive_timeout", float),
+    "BODY_TIMEOUT": ("body_timeout", float),
+    "BODY_BUFFER": ("body_buffer", parse_size),
 }
