@@ -380,3 +380,22 @@ def test_a_malformed_reply_is_answered_502(layer_url: str, reply: dict[str, obje
     log = interface.output
     assert log.count("malformed response") == 1
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_a_client_leaving_mid_pipeline_logs_no_traceback(layer_url: str) -> None:
+    with Stack(layer_url) as stack:
+        for _ in range(20):
+            with connect(stack.interface.port) as sock:
+                sock.sendall(
+                    b"GET /download?5000000 HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+                    + b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n" * 20
+                )
+                sock.recv(1000)
+        _latency, reply = timed_get(stack.interface.port)
+        time.sleep(1)
+        stack.interface.stop()
+        log = stack.interface.output
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert "Exception in ASGI application" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]

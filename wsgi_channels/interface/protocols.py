@@ -108,6 +108,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timeout = limits.header_timeout
         self._head_timer: TimerHandle | None = None
         self._held = bytearray()  # received, not parsed: the pipeline was full
+        self._running: Any = None  # the cycle whose request is being answered
         self._in_head = True
         self._head_bytes = 0  # received while a head was unfinished
         self._field_bytes = 0  # of the URL and the header fields parsed so far
@@ -124,7 +125,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         self._unset_keepalive_if_required()
+        self._held.clear()
+        # uvicorn tells only the request parsed last that the client has gone; when
+        # requests were pipelined, the one being answered is another, and its next
+        # write to the closed transport raised "Exception in ASGI application".
+        running = self._running
+        if running is not None and running is not self.cycle and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
+        self.pipeline.clear()  # never to be started: the connection is gone
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:
         # Parsed a slice at a time: one read of small pipelined requests is thousands
