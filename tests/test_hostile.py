@@ -269,11 +269,29 @@ def test_a_silent_connection_and_a_header_trickle_are_closed(layer_url: str) -> 
     assert answer.startswith(b"HTTP/1.1 408")
 
 
-def test_the_default_timeouts_close_within_30_seconds() -> None:
+def test_the_limits_have_defaults_and_variables() -> None:
     from wsgi_channels.interface.config import InterfaceConfig
 
     defaults = InterfaceConfig()
     assert defaults.header_timeout <= 30 and defaults.keep_alive_timeout <= 30
+    names = {
+        "HEADER_TIMEOUT": ("header_timeout", 7.0),
+        "KEEP_ALIVE_TIMEOUT": ("keep_alive_timeout", 3.0),
+        "BODY_TIMEOUT": ("body_timeout", 9.0),
+        "BODY_BUFFER": ("body_buffer", 2 * MB),
+        "MAX_PIPELINE": ("max_pipeline", 4),
+        "PONG_BACKLOG": ("pong_backlog", 8192),
+        "WEBSOCKET_QUEUE": ("websocket_queue", 32),
+        "WEBSOCKET_WRITE_BUFFER": ("websocket_write_buffer", MB),
+        "RESPONSE_BUFFER": ("response_buffer", 4 * MB),
+    }
+    environ = {"WSGI_CHANNELS_" + k: str(v) for k, (_f, v) in names.items()}
+    environ["WSGI_CHANNELS_BODY_BUFFER"] = "2M"
+    config = InterfaceConfig.from_environ(environ)
+    assert {k: getattr(config, f) for k, (f, _v) in names.items()} == {
+        k: v for k, (_f, v) in names.items()
+    }
+    assert InterfaceConfig.from_environ(config.to_environ()) == config
 
 
 # -- slow uploads -----------------------------------------------------------------------

@@ -144,6 +144,10 @@ class InterfaceConfig:
       the interface (then 408), and, once streamed to a worker, between two reads.
     * ``body_buffer``: bytes of a request body the interface holds until the body is
       complete before a worker sees the request; a larger body is streamed.
+    * ``max_pipeline``: pipelined requests one connection may have waiting behind the
+      one being answered; past it the connection is not read until they are answered.
+    * ``pong_backlog``: bytes waiting in a WebSocket's socket over which its pings are
+      no longer answered.
     """
 
     http_timeout: float = 60.0
@@ -161,6 +165,8 @@ class InterfaceConfig:
     keep_alive_timeout: float = 5.0
     body_timeout: float = 30.0
     body_buffer: int = 1024 * 1024
+    max_pipeline: int = 16
+    pong_backlog: int = 64 * 1024
 
     def __post_init__(self) -> None:
         timeouts = (
@@ -172,7 +178,7 @@ class InterfaceConfig:
         )
         if min(timeouts) <= 0:
             raise ConfigurationError("timeouts must be positive numbers of seconds")
-        if self.max_body < 0 or self.body_buffer < 0:
+        if min(self.max_body, self.body_buffer, self.pong_backlog) < 0 or self.max_pipeline < 1:
             raise ConfigurationError("max_body must be a number of bytes, 0 or more")
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         object.__setattr__(self, "root_path", self.root_path.rstrip("/"))
@@ -184,7 +190,9 @@ class InterfaceConfig:
         (``HTTP_TIMEOUT``, ``WEBSOCKET_CONNECT_TIMEOUT``, ``ALLOWED_ORIGINS`` (spaces
         or commas), ``MAX_BODY`` (bytes, or with K/M/G), ``ROOT_PATH``,
         ``NO_WORKER_WARNING``, ``HEADER_TIMEOUT``, ``KEEP_ALIVE_TIMEOUT``,
-        ``BODY_TIMEOUT``, ``BODY_BUFFER`` (a size)), then
+        ``BODY_TIMEOUT``, ``BODY_BUFFER``, ``MAX_PIPELINE``, ``PONG_BACKLOG``,
+        ``RESPONSE_BUFFER``, ``WEBSOCKET_QUEUE``, ``WEBSOCKET_WRITE_BUFFER``,
+        ``WEBSOCKET_BUFFER``; sizes in bytes or with K/M/G), then
         *overrides*. ConfigurationError names the variable of a bad value."""
         options: dict[str, Any] = {}
         for suffix, (option, parse) in _ENVIRONMENT.items():
@@ -212,6 +220,12 @@ class InterfaceConfig:
             ENV_PREFIX + "KEEP_ALIVE_TIMEOUT": repr(self.keep_alive_timeout),
             ENV_PREFIX + "BODY_TIMEOUT": repr(self.body_timeout),
             ENV_PREFIX + "BODY_BUFFER": str(self.body_buffer),
+            ENV_PREFIX + "MAX_PIPELINE": str(self.max_pipeline),
+            ENV_PREFIX + "PONG_BACKLOG": str(self.pong_backlog),
+            ENV_PREFIX + "RESPONSE_BUFFER": str(self.response_buffer),
+            ENV_PREFIX + "WEBSOCKET_QUEUE": str(self.websocket_queue),
+            ENV_PREFIX + "WEBSOCKET_WRITE_BUFFER": str(self.websocket_write_buffer),
+            ENV_PREFIX + "WEBSOCKET_BUFFER": str(self.websocket_buffer),
         }
 
 
@@ -226,4 +240,10 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KEEP_ALIVE_TIMEOUT": ("keep_alive_timeout", float),
     "BODY_TIMEOUT": ("body_timeout", float),
     "BODY_BUFFER": ("body_buffer", parse_size),
+    "MAX_PIPELINE": ("max_pipeline", int),
+    "PONG_BACKLOG": ("pong_backlog", parse_size),
+    "RESPONSE_BUFFER": ("response_buffer", parse_size),
+    "WEBSOCKET_QUEUE": ("websocket_queue", int),
+    "WEBSOCKET_WRITE_BUFFER": ("websocket_write_buffer", parse_size),
+    "WEBSOCKET_BUFFER": ("websocket_buffer", int),
 }

@@ -40,11 +40,13 @@ SHUTDOWN_KEY = "wsgi_channels.shutdown"
 #: Scope extension of a WebSocket: the protocol object, for writing prepared frames.
 FRAMES_EXTENSION = "wsgi_channels.frames"
 #: Requests one connection may have parsed and waiting behind the one being answered;
-#: past it the connection stops being read until the queue shrinks.
-MAX_PIPELINE = 16
+#: past it the connection stops being read until the queue shrinks (the default of
+#: ``WSGI_CHANNELS_MAX_PIPELINE``).
+MAX_PIPELINE: int = InterfaceConfig.max_pipeline
 #: Bytes waiting in a WebSocket's socket over which pings are no longer answered: a
-#: client that pings and never reads cannot pile up pongs.
-PONG_BACKLOG = 64 * 1024
+#: client that pings and never reads cannot pile up pongs (the default of
+#: ``WSGI_CHANNELS_PONG_BACKLOG``).
+PONG_BACKLOG: int = InterfaceConfig.pong_backlog
 
 
 def prepare_frame(payload: bytes, *, text: bool) -> bytes:
@@ -106,6 +108,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = limits.keep_alive_timeout  # type: ignore[assignment]
         self._keep_alive = limits.keep_alive_timeout
         self._header_timeout = limits.header_timeout
+        self._max_pipeline = limits.max_pipeline
         self._head_timer: TimerHandle | None = None
         self._held = bytearray()  # received, not parsed: the pipeline was full
         self._running: Any = None  # the cycle whose request is being answered
@@ -149,7 +152,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             return
         for start in range(0, len(data), _FEED_SLICE):
-            if len(self.pipeline) >= MAX_PIPELINE:
+            if len(self.pipeline) >= self._max_pipeline:
                 self._held += data[start:]
                 self.flow.pause_reading()
                 return
@@ -211,11 +214,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        if self._held and len(self.pipeline) < MAX_PIPELINE:
+        if self._held and len(self.pipeline) < self._max_pipeline:
             held = bytes(self._held)
             self._held.clear()
             self.data_received(held)
-        if len(self.pipeline) >= MAX_PIPELINE or self._held:
+        if len(self.pipeline) >= self._max_pipeline or self._held:
             self.flow.pause_reading()
 
     def _stop_head_timer(self) -> None:
@@ -294,7 +297,7 @@ class GoingAwayWSProtocol(WSProtocol):
         extensions[FRAMES_EXTENSION] = self
 
     def handle_ping(self, event: Ping) -> None:
-        if self.transport.get_write_buffer_size() > PONG_BACKLOG:
+        if self.transport.get_write_buffer_size() > connection_limits().pong_backlog:
             return  # the client does not read: answering would only grow the buffer
         super().handle_ping(event)
 
