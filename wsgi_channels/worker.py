@@ -445,10 +445,14 @@ class Worker:
         rotations = itertools.islice(itertools.cycle(orders), index % len(orders), None)
         stopping = self._stopping
         handoff = self._handoff
-        while not stopping.is_set():
+        # Messages handed off are out of the layer: they are run even when a stop began
+        # meanwhile, or they would be lost.
+        while not stopping.is_set() or handoff:
             try:
                 channel, message = handoff.popleft()
             except IndexError:
+                if stopping.is_set():
+                    break
                 batch = self._take(rotations)
                 if not batch:
                     continue

@@ -140,6 +140,19 @@ class InterfaceConfig:
     * ``health_path``: a path (``/healthz``, say) answered by the interface itself
       with the deployment's health (200 or 503, JSON), for load balancers; off when
       empty.
+      process logs that nobody seems to take ``http.request``.
+    * ``header_timeout``: seconds a client has to send a whole request head, from its
+      first byte; then 408 and the connection is closed.
+    * ``keep_alive_timeout``: seconds a connection may stay silent, from the moment it
+      is opened and after each response; then it is closed.
+    * ``body_timeout``: seconds a request body may take to arrive while it is held in
+      the interface (then 408), and, once streamed to a worker, between two reads.
+    * ``body_buffer``: bytes of a request body the interface holds until the body is
+      complete before a worker sees the request; a larger body is streamed.
+    * ``max_pipeline``: pipelined requests one connection may have waiting behind the
+      one being answered; past it the connection is not read until they are answered.
+    * ``pong_backlog``: bytes waiting in a WebSocket's socket over which its pings are
+      no longer answered.
     """
 
     http_timeout: float = 60.0
@@ -154,11 +167,24 @@ class InterfaceConfig:
     retry_after: int = 1
     no_worker_warning: float = 5.0
     health_path: str = ""
+    header_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    body_timeout: float = 30.0
+    body_buffer: int = 1024 * 1024
+    max_pipeline: int = 16
+    pong_backlog: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        if self.http_timeout <= 0 or self.websocket_connect_timeout <= 0:
+        timeouts = (
+            self.http_timeout,
+            self.websocket_connect_timeout,
+            self.header_timeout,
+            self.keep_alive_timeout,
+            self.body_timeout,
+        )
+        if min(timeouts) <= 0:
             raise ConfigurationError("timeouts must be positive numbers of seconds")
-        if self.max_body < 0:
+        if min(self.max_body, self.body_buffer, self.pong_backlog) < 0 or self.max_pipeline < 1:
             raise ConfigurationError("max_body must be a number of bytes, 0 or more")
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         object.__setattr__(self, "root_path", self.root_path.rstrip("/"))
@@ -168,7 +194,11 @@ class InterfaceConfig:
     def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> InterfaceConfig:
         """The configuration named by ``WSGI_CHANNELS_*`` variables in *environ*
         (``HTTP_TIMEOUT``, ``WEBSOCKET_CONNECT_TIMEOUT``, ``ALLOWED_ORIGINS`` (spaces
-        or commas), ``MAX_BODY`` (bytes, or with K/M/G), ``ROOT_PATH``), then
+        or commas), ``MAX_BODY`` (bytes, or with K/M/G), ``ROOT_PATH``,
+        ``NO_WORKER_WARNING``, ``HEADER_TIMEOUT``, ``KEEP_ALIVE_TIMEOUT``,
+        ``BODY_TIMEOUT``, ``BODY_BUFFER``, ``MAX_PIPELINE``, ``PONG_BACKLOG``,
+        ``RESPONSE_BUFFER``, ``WEBSOCKET_QUEUE``, ``WEBSOCKET_WRITE_BUFFER``,
+        ``WEBSOCKET_BUFFER``; sizes in bytes or with K/M/G), then
         *overrides*. ConfigurationError names the variable of a bad value."""
         options: dict[str, Any] = {}
         for suffix, (option, parse) in _ENVIRONMENT.items():
@@ -192,6 +222,17 @@ class InterfaceConfig:
             ENV_PREFIX + "MAX_BODY": str(self.max_body),
             ENV_PREFIX + "ROOT_PATH": self.root_path,
             ENV_PREFIX + "HEALTH_PATH": self.health_path,
+            ENV_PREFIX + "NO_WORKER_WARNING": repr(self.no_worker_warning),
+            ENV_PREFIX + "HEADER_TIMEOUT": repr(self.header_timeout),
+            ENV_PREFIX + "KEEP_ALIVE_TIMEOUT": repr(self.keep_alive_timeout),
+            ENV_PREFIX + "BODY_TIMEOUT": repr(self.body_timeout),
+            ENV_PREFIX + "BODY_BUFFER": str(self.body_buffer),
+            ENV_PREFIX + "MAX_PIPELINE": str(self.max_pipeline),
+            ENV_PREFIX + "PONG_BACKLOG": str(self.pong_backlog),
+            ENV_PREFIX + "RESPONSE_BUFFER": str(self.response_buffer),
+            ENV_PREFIX + "WEBSOCKET_QUEUE": str(self.websocket_queue),
+            ENV_PREFIX + "WEBSOCKET_WRITE_BUFFER": str(self.websocket_write_buffer),
+            ENV_PREFIX + "WEBSOCKET_BUFFER": str(self.websocket_buffer),
         }
 
 
@@ -203,4 +244,14 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ROOT_PATH": ("root_path", str),
     "NO_WORKER_WARNING": ("no_worker_warning", float),
     "HEALTH_PATH": ("health_path", str),
+    "HEADER_TIMEOUT": ("header_timeout", float),
+    "KEEP_ALIVE_TIMEOUT": ("keep_alive_timeout", float),
+    "BODY_TIMEOUT": ("body_timeout", float),
+    "BODY_BUFFER": ("body_buffer", parse_size),
+    "MAX_PIPELINE": ("max_pipeline", int),
+    "PONG_BACKLOG": ("pong_backlog", parse_size),
+    "RESPONSE_BUFFER": ("response_buffer", parse_size),
+    "WEBSOCKET_QUEUE": ("websocket_queue", int),
+    "WEBSOCKET_WRITE_BUFFER": ("websocket_write_buffer", parse_size),
+    "WEBSOCKET_BUFFER": ("websocket_buffer", int),
 }

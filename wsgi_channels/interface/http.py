@@ -45,7 +45,39 @@ _LAYER_ERROR_RESPONSES: dict[type, tuple[int, bytes]] = {
 }
 _SHUTTING_DOWN = b"Service Unavailable: the server is shutting down\n"
 _TOO_LARGE = b"Payload Too Large\n"
+_BODY_LATE = b"Request Timeout: the request body took too long\n"
+_BAD_GATEWAY = b"Bad Gateway: the application's response was malformed\n"
 _CLOSE = [(b"connection", b"close")]
+
+
+def malformed_reply(reply: Message) -> str | None:
+    """Why the first reply of a response cannot be written as HTTP/1.1, or None.
+
+    A producer on the layer can send anything; what uvicorn would refuse with a
+    traceback, or pass on and leave the client to guess at, is answered 502 instead."""
+    status = reply.get("status")
+    if type(status) is not int or not 200 <= status <= 599:
+        return f"status {status!r}"  # 1xx too: an informational or a 101 ends nothing
+    headers = reply.get("headers") or []
+    lengths: set[bytes] = set()
+    try:
+        for name, value in headers:
+            if not isinstance(name, bytes) or not isinstance(value, bytes):
+                return "a header that is not bytes"
+            if any(c in name for c in b"\r\n\0:") or any(c in value for c in b"\r\n\0"):
+                return "a header with a line break"
+            if name.lower() == b"content-length":
+                lengths.add(value.strip())
+    except (TypeError, ValueError):
+        return "headers that are not pairs"
+    if len(lengths) > 1:
+        return "two different content-length headers"
+    for value in lengths:
+        try:
+            parse_content_length(value)
+        except ValueError:
+            return "an invalid content-length"
+    return None
 
 
 def error_response(exc: ChannelsError) -> tuple[int, bytes]:
@@ -79,6 +111,7 @@ class HttpExchange:
         self.waiting = waiting
         self.on_shutdown = on_shutdown
         self.inbox = Inbox(1 << 30, config.response_buffer, stalls=True)
+        self.body_late = False  # the client stopped sending its body (then 408)
 
     async def respond(
         self, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
@@ -118,14 +151,24 @@ class HttpExchange:
             await self.respond(413, _TOO_LARGE, _CLOSE)
             return
 
+        # The body is held here until it is complete (up to body_buffer bytes), so a
+        # slow upload holds no worker thread; only a larger one is streamed.
         body = rest = b""
-        more = False
+        more = False  # the client has more to send
         received = 0
         if has_body:
             parts: list[bytes] = []
             more = True
-            while more and received <= INLINE_BODY_LIMIT:
-                event = await self.receive()
+            hold = max(config.body_buffer, INLINE_BODY_LIMIT)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + config.body_timeout
+            while more and received <= hold:
+                try:
+                    event = await asyncio.wait_for(self.receive(), until - loop.time())
+                except TimeoutError:
+                    logger.info("request body not complete within %.0f s: 408", config.body_timeout)
+                    await self.respond(408, _BODY_LATE, _CLOSE)
+                    return
                 if event["type"] != "http.request":
                     return  # the client went away before sending its body
                 chunk = event.get("body", b"")
@@ -137,7 +180,6 @@ class HttpExchange:
                 parts.append(chunk)
             data = b"".join(parts)
             body, rest = data[:INLINE_BODY_LIMIT], data[INLINE_BODY_LIMIT:]
-            more = more or bool(rest)
 
         router = self.router
         reply_channel = router.open(self.inbox)
@@ -146,7 +188,8 @@ class HttpExchange:
         scope[SHUTDOWN_KEY] = self.on_shutdown
         try:
             deadline = time.time() + config.http_timeout
-            body_channel = router.layer.new_channel(BODY_CHANNEL_PATTERN) if more else None
+            streamed = more or bool(rest)
+            body_channel = router.layer.new_channel(BODY_CHANNEL_PATTERN) if streamed else None
             message = http_request_message(
                 reply_channel=reply_channel,
                 http_version=scope["http_version"],
@@ -182,7 +225,9 @@ class HttpExchange:
             while reply is Event.WAKE:
                 reply = await self.inbox.get(wait_until)
             self.waiting.pop(self, None)
-            if reply is Event.TIMEOUT:
+            if reply is Event.TIMEOUT and self.body_late:
+                await self.respond(408, _BODY_LATE, _CLOSE)
+            elif reply is Event.TIMEOUT:
                 await self.respond(
                     504,
                     b"Gateway Timeout: no worker answered within %d s\n" % config.http_timeout,
@@ -209,7 +254,15 @@ class HttpExchange:
         buffer = bytearray(pending)
         while True:
             while more and len(buffer) < BODY_CHUNK_SIZE:
-                event = await self.receive()
+                try:
+                    event = await asyncio.wait_for(self.receive(), self.config.body_timeout)
+                except TimeoutError:
+                    # The client stalled mid-body: the worker is told the body is cut,
+                    # the client gets 408 unless the worker has answered already.
+                    await self._close_body(channel, deadline)
+                    self.body_late = True
+                    self.inbox.interrupt(Event.TIMEOUT)
+                    return
                 if event["type"] != "http.request":
                     await self._close_body(channel, deadline)
                     self.inbox.interrupt(Event.DISCONNECT)
@@ -257,6 +310,14 @@ class HttpExchange:
         """Write the response whose first reply is *first*, chunk by chunk as the
         replies arrive; uvicorn's send waits while the client's socket is full."""
         send = self.send
+        problem = malformed_reply(first)
+        if problem is not None:
+            logger.warning("malformed response from the application (%s): 502", problem)
+            control = first.get(CONTROL_KEY)
+            if first.get("more_content") and isinstance(control, str):
+                await self._tell_worker(control, reply_channel)
+            await self.respond(502, _BAD_GATEWAY, _CLOSE)
+            return reader
         await send(
             {
                 "type": "http.response.start",

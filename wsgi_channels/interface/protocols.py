@@ -8,12 +8,17 @@ and a way to write one prepared WebSocket frame to many sockets (fan-out).
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+from asyncio import TimerHandle
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from wsproto.events import CloseConnection, Ping
+
+from .config import InterfaceConfig
 
 __all__ = [
     "FRAMES_EXTENSION",
@@ -35,11 +40,13 @@ SHUTDOWN_KEY = "wsgi_channels.shutdown"
 #: Scope extension of a WebSocket: the protocol object, for writing prepared frames.
 FRAMES_EXTENSION = "wsgi_channels.frames"
 #: Requests one connection may have parsed and waiting behind the one being answered;
-#: past it the connection stops being read until the queue shrinks.
-MAX_PIPELINE = 16
+#: past it the connection stops being read until the queue shrinks (the default of
+#: ``WSGI_CHANNELS_MAX_PIPELINE``).
+MAX_PIPELINE: int = InterfaceConfig.max_pipeline
 #: Bytes waiting in a WebSocket's socket over which pings are no longer answered: a
-#: client that pings and never reads cannot pile up pongs.
-PONG_BACKLOG = 64 * 1024
+#: client that pings and never reads cannot pile up pongs (the default of
+#: ``WSGI_CHANNELS_PONG_BACKLOG``).
+PONG_BACKLOG: int = InterfaceConfig.pong_backlog
 
 
 def prepare_frame(payload: bytes, *, text: bool) -> bytes:
@@ -57,6 +64,9 @@ def prepare_frame(payload: bytes, *, text: bool) -> bytes:
     return head + payload
 
 
+#: Bytes handed to the HTTP parser at a time (see BoundedHttpToolsProtocol).
+_FEED_SLICE = 16 * 1024
+
 MAX_HEAD_SIZE = 64 * 1024
 """Largest request head (request line and headers) in bytes; over it the client gets
 431. nginx allows 32 KiB by default, gunicorn about 800 KiB for 100 fields."""
@@ -64,12 +74,19 @@ MAX_HEADER_COUNT = 256
 """Most header fields in one request; over it the client gets 431."""
 
 
+@functools.cache
+def connection_limits() -> InterfaceConfig:
+    """The timeouts of this process, from ``WSGI_CHANNELS_*`` variables: uvicorn builds
+    the protocol objects, not us, so they read the environment once."""
+    return InterfaceConfig.from_environ(os.environ)
+
+
 class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request head over the limits."""
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools HTTP protocol, with a bound on the request head.
+    """uvicorn's httptools HTTP protocol, with bounds on the request head.
 
     httptools (llhttp) puts no limit on the request line and headers, and uvicorn holds
     them in memory until the head is complete: one client sending an endless header
@@ -77,10 +94,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     or :data:`MAX_HEADER_COUNT` fields is answered 431 and the connection closed; an
     unfinished head is refused as soon as the bytes received for it pass the limit
     (give or take one read), without reading the rest.
+
+    Time is bounded too. uvicorn arms its keep-alive timer only after a response, so a
+    connection that never sends a byte, or sends a header a byte a second, was held
+    for ever. Here the keep-alive timeout also runs from the moment the connection is
+    made, and a request head must be complete within ``header_timeout`` seconds of
+    its first byte (then 408 and the connection is closed).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        limits = connection_limits()
+        self.timeout_keep_alive = limits.keep_alive_timeout  # type: ignore[assignment]
+        self._keep_alive = limits.keep_alive_timeout
+        self._header_timeout = limits.header_timeout
+        self._max_pipeline = limits.max_pipeline
+        self._head_timer: TimerHandle | None = None
+        self._held = bytearray()  # received, not parsed: the pipeline was full
+        self._running: Any = None  # the cycle whose request is being answered
         self._in_head = True
         self._head_bytes = 0  # received while a head was unfinished
         self._field_bytes = 0  # of the URL and the header fields parsed so far
@@ -88,11 +119,54 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_refused = False
         self._bad_host = False
 
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self._keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        self._unset_keepalive_if_required()
+        self._held.clear()
+        # uvicorn tells only the request parsed last that the client has gone; when
+        # requests were pipelined, the one being answered is another, and its next
+        # write to the closed transport raised "Exception in ASGI application".
+        running = self._running
+        if running is not None and running is not self.cycle and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
+        self.pipeline.clear()  # never to be started: the connection is gone
+        super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
     def data_received(self, data: bytes) -> None:
+        # Parsed a slice at a time: one read of small pipelined requests is thousands
+        # of them (each a few KB once parsed); past MAX_PIPELINE the rest waits here
+        # as bytes, and reading pauses.
+        if self._held:
+            self._held += data
+            self.flow.pause_reading()
+            return
+        for start in range(0, len(data), _FEED_SLICE):
+            if len(self.pipeline) >= self._max_pipeline:
+                self._held += data[start:]
+                self.flow.pause_reading()
+                return
+            self._parse(data[start : start + _FEED_SLICE])
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return
+
+    def _parse(self, data: bytes) -> None:
         if self._head_refused:
             return
         if self._in_head:
             self._head_bytes += len(data)
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self._header_timeout, self._head_late)
         super().data_received(data)
         if self._in_head and self._head_bytes > MAX_HEAD_SIZE and not self._head_refused:
             self._refuse_head()
@@ -125,6 +199,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
         self._in_head = False
         self._head_bytes = 0
+        self._stop_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -137,8 +212,41 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # the bound, reading stays paused until the queue is answered, so what one
         # connection holds is at most the bound plus one read's worth of requests.
         super().on_response_complete()
-        if len(self.pipeline) >= MAX_PIPELINE and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self._held and len(self.pipeline) < self._max_pipeline:
+            held = bytes(self._held)
+            self._held.clear()
+            self.data_received(held)
+        if len(self.pipeline) >= self._max_pipeline or self._held:
             self.flow.pause_reading()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport.is_closing() or not self._in_head:
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The next head is late while a response is still being written: finish
+            # that response, read nothing more, and close.
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self._head_refused = True  # ignore whatever else arrives
+        logger.info("request head not complete within %.0f s: 408", self._header_timeout)
+        body = b"Request Timeout: the request head took too long\n"
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\n"
+            b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        transport.close()
 
     def shutdown(self) -> None:
         cycle = self.cycle
@@ -189,7 +297,7 @@ class GoingAwayWSProtocol(WSProtocol):
         extensions[FRAMES_EXTENSION] = self
 
     def handle_ping(self, event: Ping) -> None:
-        if self.transport.get_write_buffer_size() > PONG_BACKLOG:
+        if self.transport.get_write_buffer_size() > connection_limits().pong_backlog:
             return  # the client does not read: answering would only grow the buffer
         super().handle_ping(event)
 
