@@ -370,7 +370,11 @@ class Procs:
         return proc, port
 
     def worker(self, app: str, layer: str, *, threads: int, name: str = "worker") -> Proc:
-        argv = [*cli(), "worker", app, "--layer", layer, "--threads", str(threads)]
+        # No access log, as gunicorn's default (the baselines log no request either).
+        argv = [
+            *cli(), "worker", app, "--layer", layer, "--threads", str(threads),
+            "--no-access-log",
+        ]  # fmt: skip
         return self.start(f"{name}-{len(self.procs)}", argv)
 
     def gunicorn(
