@@ -42,11 +42,8 @@ from typing import TYPE_CHECKING, Any
 from .base import (
     ChannelFull,
     ChannelsError,
-    InvalidChannelName,
     LayerUnavailable,
     Message,
-    decode_message,
-    non_local_name,
     validate_channel_name,
 )
 
@@ -104,16 +101,9 @@ class AsyncFace:
     async def send(self, channel: str, message: Message) -> None:
         """Send *message* on *channel*; raises what ``layer.send`` raises."""
         layer = self.layer
-        layer._check_fork()
-        validate_channel_name(channel)
-        if channel.endswith(("!", "?")):
-            raise InvalidChannelName(f"cannot send to {channel!r}: it has no local part")
-        data = layer._encode(message)
-        if layer._local_sinks:
-            sink = layer._local_sinks.get(non_local_name(channel))
-            if sink is not None:
-                sink(channel, decode_message(data))
-                return
+        data = layer._prepare_send(channel, message)
+        if data is None:
+            return
         future: asyncio.Future[_Outcome] = self.loop.create_future()
         self._pending.append(((channel, data, time.time() + layer.expiry), future))
         if not self._scheduled and not self._flushing:

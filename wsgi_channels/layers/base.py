@@ -371,6 +371,21 @@ class BaseChannelLayer:
         Raises InvalidChannelName, InvalidMessage, MessageTooLarge, or ChannelFull when
         the channel's queue holds ``get_capacity(channel)`` messages already.
         """
+        data = self._prepare_send(channel, message)
+        if data is None:
+            return
+        if not self._push(channel, data, time.time() + self.expiry):
+            with self._stats_lock:
+                self._channel_full_count += 1
+            raise ChannelFull(f"channel {channel!r} is full ({self.get_capacity(channel)})")
+        with self._stats_lock:
+            self._messages_count += 1
+
+    def _prepare_send(self, channel: str, message: Message) -> bytes | None:
+        """Check and encode a send (every face sends through here): the encoded
+        message, or None when it went to a local sink instead (a prefix this process
+        listens on: no round trip; decoding the encoding keeps the rule that a message
+        arrives as the wire format carries it)."""
         self._check_fork()
         validate_channel_name(channel)
         if channel.endswith(("!", "?")):
@@ -379,18 +394,11 @@ class BaseChannelLayer:
         if self._local_sinks:
             sink = self._local_sinks.get(non_local_name(channel))
             if sink is not None:
-                # Read by this process: no round trip. Decoding the encoding keeps
-                # the rule that a message arrives as the wire format carries it.
                 sink(channel, decode_message(data))
                 with self._stats_lock:
                     self._messages_count += 1
-                return
-        if not self._push(channel, data, time.time() + self.expiry):
-            with self._stats_lock:
-                self._channel_full_count += 1
-            raise ChannelFull(f"channel {channel!r} is full ({self.get_capacity(channel)})")
-        with self._stats_lock:
-            self._messages_count += 1
+                return None
+        return data
 
     def send_many(self, items: Iterable[tuple[str, Message]]) -> list[ChannelsError | None]:
         """Send several messages, in one round trip per server where the backend can;
@@ -398,37 +406,31 @@ class BaseChannelLayer:
         it (ChannelFull, MessageTooLarge, ...). A message refused does not stop the
         others; a server that is down refuses all of its messages (LayerUnavailable).
         Messages to one channel keep their order."""
-        self._check_fork()
         results: list[ChannelsError | None] = []
         pushes: list[tuple[int, str, bytes]] = []
         expires = time.time() + self.expiry
         for channel, message in items:
             results.append(None)
             try:
-                validate_channel_name(channel)
-                if channel.endswith(("!", "?")):
-                    raise InvalidChannelName(f"cannot send to {channel!r}: it has no local part")
-                data = self._encode(message)
+                data = self._prepare_send(channel, message)
             except ChannelsError as exc:
                 results[-1] = exc
                 continue
-            sink = self._local_sinks.get(non_local_name(channel)) if self._local_sinks else None
-            if sink is not None:
-                sink(channel, decode_message(data))
-                continue
-            pushes.append((len(results) - 1, channel, data))
-        if pushes:
-            outcomes = self._push_many([(c, d, expires) for _i, c, d in pushes])
-            for (index, channel, _data), outcome in zip(pushes, outcomes, strict=True):
-                if outcome is True:
-                    continue
-                results[index] = (
-                    outcome
-                    if isinstance(outcome, ChannelsError)
-                    else ChannelFull(f"channel {channel!r} is full ({self.get_capacity(channel)})")
-                )
-        sent = sum(r is None for r in results)
-        full = sum(isinstance(r, ChannelFull) for r in results)
+            if data is not None:
+                pushes.append((len(results) - 1, channel, data))
+        if not pushes:
+            return results
+        outcomes = self._push_many([(c, d, expires) for _i, c, d in pushes])
+        sent = full = 0
+        for (index, channel, _data), outcome in zip(pushes, outcomes, strict=True):
+            if outcome is True:
+                sent += 1
+            elif isinstance(outcome, ChannelsError):
+                results[index] = outcome
+            else:
+                full += 1
+                capacity = self.get_capacity(channel)
+                results[index] = ChannelFull(f"channel {channel!r} is full ({capacity})")
         with self._stats_lock:
             self._messages_count += sent
             self._channel_full_count += full
