@@ -139,3 +139,43 @@ def test_layer_down_at_start_is_one_line_and_an_exit(tmp_path: Path) -> None:
     assert "taking messages" not in output
     assert output.count("is unreachable") == 1, output
     assert "Traceback" not in output, output
+
+
+def test_needs_no_bind_and_leaves_port_8000_to_the_interface(
+    redis_url: str, tmp_path: Path
+) -> None:
+    import socket
+
+    # Something (the interface server) already listens on gunicorn's default bind.
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("127.0.0.1", 8000))
+    except OSError:
+        holder.close()
+        pytest.skip("port 8000 is in use on this machine")
+    holder.listen()
+    layer = layer_from_url(redis_url)
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn", "-k", "wsgi_channels.gunicorn.ChannelWorker",
+                "--workers", "1", "--threads", "2", *NO_CONTROL_SOCKET, "_worker_helpers:app",
+            ],
+            env=env_with_pythonpath(WSGI_CHANNELS_LAYER=redis_url + "?receive_timeout=0.5"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        reply = request(layer, "GET", "/pid", reply_timeout=20, timeout=20)
+        assert reply.status == 200
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        holder.close()
+        layer.close()
+    output = log.read_text()
+    assert "Connection in use" not in output
+    assert "unix:" in output

@@ -1,7 +1,7 @@
 """A gunicorn worker class that runs :class:`~wsgi_channels.worker.Worker`::
 
     WSGI_CHANNELS_LAYER=redis://localhost:6379/0 \\
-        gunicorn -k wsgi_channels.gunicorn.ChannelWorker --bind unix:/tmp/unused.sock myapp:app
+        gunicorn -k wsgi_channels.gunicorn.ChannelWorker myapp:app
 
 gunicorn brings its process model: a master that forks ``--workers`` children,
 restarts one that dies or stops sending heartbeats (``--timeout``), recycles them after
@@ -9,9 +9,10 @@ restarts one that dies or stops sending heartbeats (``--timeout``), recycles the
 Each child takes messages from the channel layer (``WSGI_CHANNELS_LAYER``, else the
 default SQLite file) instead of accepting connections.
 
-gunicorn always opens a listening socket; this worker never accepts on it. Bind it
-somewhere harmless (a Unix socket in a temporary directory) since ``--bind`` cannot be
-left out.
+gunicorn always opens a listening socket; this worker never accepts on it. Without
+``--bind`` (gunicorn's default, 127.0.0.1:8000, which is where the interface server
+listens) the socket goes to a private Unix socket in a temporary directory instead, so
+no ``--bind`` is needed; an explicit other ``--bind`` is kept.
 
 Settings used, mapped in :meth:`ChannelWorker.worker_options` only: ``--threads``
 (pool size; gunicorn's default of 1 is kept), ``--graceful-timeout``,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
@@ -35,6 +37,8 @@ from .worker import Worker
 __all__ = ["ChannelWorker"]
 
 WORKER_BOOT_ERROR: int = Arbiter.WORKER_BOOT_ERROR
+#: gunicorn's bind when none is given; the port the interface server takes by default.
+DEFAULT_GUNICORN_BIND = "127.0.0.1:8000"
 
 
 def _layer_name(layer: Any) -> str:
@@ -58,6 +62,25 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
     """
 
     layer: Any = None
+
+    @classmethod
+    def setup(cls) -> None:
+        """Called by gunicorn when it loads the worker class, before the master binds:
+        move gunicorn's default bind out of the interface server's way."""
+        import gunicorn.sock
+
+        original = gunicorn.sock.create_sockets
+        if getattr(original, "wsgi_channels", False):
+            return
+
+        def create_sockets(conf: Any, log: Any, fds: Any = None) -> Any:
+            if not fds and list(conf.bind) == [DEFAULT_GUNICORN_BIND]:
+                directory = tempfile.mkdtemp(prefix="wsgi-channels-gunicorn-")
+                conf.set("bind", [f"unix:{os.path.join(directory, 'unused.sock')}"])
+            return original(conf, log, fds)
+
+        create_sockets.wsgi_channels = True  # type: ignore[attr-defined]
+        gunicorn.sock.create_sockets = create_sockets
 
     def worker_options(self) -> dict[str, Any]:
         """The :class:`Worker` keyword arguments from gunicorn's settings."""
