@@ -148,3 +148,46 @@ def test_an_interface_without_worker_says_so(layer_url: str) -> None:
     finally:
         interface.stop()
     assert "is a worker running" in interface.output
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_redis_stall_does_not_freeze_the_event_loop() -> None:
+    """DEBUG SLEEP holds Redis for 3 s: the interface's loop must go on answering
+    pings (it waits on Redis only through asyncio, never in a blocking call)."""
+    if REDIS_SERVER is None:
+        pytest.skip("no redis-server binary on PATH")
+    import threading
+
+    server = RedisServer("--enable-debug-command", "yes")
+    server.start()
+    try:
+        with Stack(server.url, app="apps:websocket") as stack:
+
+            async def talk() -> float:
+                async with websockets.connect(stack.ws_url + "/ws/group?g=stall") as ws:
+                    await ws.send("warm")
+                    assert await asyncio.wait_for(ws.recv(), 5) == "warm"
+                    # Traffic in flight when Redis stalls: a request waits for it.
+                    sleeper = threading.Thread(
+                        target=lambda: server.client().execute_command("DEBUG", "SLEEP", 3)
+                    )
+                    sleeper.start()
+                    await asyncio.sleep(0.3)
+                    busy = threading.Thread(
+                        target=lambda: requests.get(stack.url + "/hello", timeout=10)
+                    )
+                    busy.start()
+                    await asyncio.sleep(0.2)
+                    started = time.monotonic()
+                    pong = await ws.ping()
+                    await asyncio.wait_for(pong, 5)
+                    latency = time.monotonic() - started
+                    sleeper.join()
+                    busy.join()
+                    return latency
+
+            latency = run(talk())
+    finally:
+        server.cleanup()
+    assert latency < 0.5, latency
