@@ -191,3 +191,31 @@ def test_a_redis_stall_does_not_freeze_the_event_loop() -> None:
     finally:
         server.cleanup()
     assert latency < 0.5, latency
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_redis_out_of_memory_is_named_and_logged_once_per_run() -> None:
+    if REDIS_SERVER is None:
+        pytest.skip("no redis-server binary on PATH")
+    server = RedisServer("--maxmemory-policy", "noeviction")
+    server.start()
+    try:
+        interface = InterfaceProcess(server.url).start()
+        try:
+            client = server.client()
+            for filler in range(64):
+                client.set(f"filler:{filler}", b"x" * 65536)
+            # Now over its memory limit: Redis refuses every write.
+            client.config_set("maxmemory", "1mb")
+            statuses = [
+                requests.get(interface.url + f"/r{i}", timeout=10).status_code for i in range(40)
+            ]
+        finally:
+            interface.stop()
+    finally:
+        server.cleanup()
+    assert set(statuses) == {503}
+    log = interface.output
+    assert "out of memory" in log
+    assert log.count("cannot pass") <= 2, log

@@ -80,6 +80,31 @@ def malformed_reply(reply: Message) -> str | None:
     return None
 
 
+class _Throttled:
+    """One warning for a run of the same refusal (a layer out of memory refuses every
+    request): the first at once, then at most one every INTERVAL seconds, with how
+    many were not logged meanwhile."""
+
+    INTERVAL = 5.0
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self.last = 0.0
+        self.quiet = 0
+
+    def warn(self, reason: str, method: str, path: str) -> None:
+        now = time.monotonic()
+        if reason == self.reason and now - self.last < self.INTERVAL:
+            self.quiet += 1
+            return
+        more = f" ({self.quiet} more since the last warning)" if self.quiet else ""
+        logger.warning("cannot pass %s %s on: %s%s", method, path, reason, more)
+        self.reason, self.last, self.quiet = reason, now, 0
+
+
+_refusals = _Throttled()
+
+
 def error_response(exc: ChannelsError) -> tuple[int, bytes]:
     for cls in type(exc).__mro__:
         found = _LAYER_ERROR_RESPONSES.get(cls)
@@ -209,7 +234,7 @@ class HttpExchange:
                 await router.send(HTTP_REQUEST, message)
             except ChannelsError as exc:
                 status, text = error_response(exc)
-                logger.warning("cannot pass %s %s on: %s", scope["method"], scope["path"], exc)
+                _refusals.warn(str(exc), scope["method"], scope["path"])
                 if status == 503:
                     await self._retry_later(text)
                 else:

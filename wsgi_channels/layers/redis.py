@@ -657,6 +657,11 @@ class RedisChannelLayer(BaseChannelLayer):
         """The ChannelsError to raise for a redis-py error (never showing a password)."""
         if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError):
             return ConfigurationError(f"Redis at {shard.masked} refused the credentials: {exc}")
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc):
+            return LayerUnavailable(
+                f"Redis at {shard.masked} is out of memory (maxmemory reached; nothing is "
+                f"sent until it has room): {exc}"
+            )
         return LayerUnavailable(f"Redis at {shard.masked} is unavailable: {exc}")
 
     @staticmethod
