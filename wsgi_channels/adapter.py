@@ -4,7 +4,7 @@ Three pieces, each testable without a layer, a thread or a socket:
 
 * :func:`build_environ` turns an ``http.request`` message (ASGI 1.0 "www") into a
   PEP 3333 ``environ``; :func:`websocket_environ` does the same for a ``websocket.*``
-  event, presented to the app as a GET to the connection's path (SPEC.md §6).
+  event, presented to the app as a GET to the connection's path (docs/websockets.md).
 * :class:`ResponseTranslator` implements ``start_response`` and the ``write()``
   callable, and turns what the app produces into reply messages
   (``{status, headers, content, more_content}`` then ``{content, more_content}``),
@@ -384,7 +384,7 @@ def websocket_environ(
     layer: object = None,
     errors: _ErrorStream | None = None,
 ) -> dict[str, Any]:
-    """The environ presenting a WebSocket *event* to a WSGI app (SPEC.md §6).
+    """The environ presenting a WebSocket *event* to a WSGI app (docs/websockets.md).
 
     A GET to the connection's ``path`` with the handshake's query string and headers
     (so cookies and sessions work) except ``Upgrade`` and ``Connection``,
@@ -698,7 +698,7 @@ def websocket_replies(
     headers: list[list[bytes]],
     body: bytes,
 ) -> list[dict[str, Any]]:
-    """The WebSocket replies for the app's response to *event* (SPEC.md §6).
+    """The WebSocket replies for the app's response to *event* (docs/websockets.md).
 
     ============ ======================================= ==============================
     event        response                                replies

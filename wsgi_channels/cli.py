@@ -343,7 +343,7 @@ def _uvicorn_options(log_level: str) -> dict[str, Any]:
     RSS growth per connection): wsproto 23 KB, websockets-sansio 60 KB, websockets
     128 KB; only wsproto is under the 30 KB bar. Our subclass closes with 1001 at
     shutdown. ``ws_max_size``: one frame must fit in one layer message.
-    The access log is the worker's (one line per request, SPEC.md §5), so uvicorn's is
+    The access log is the worker's (one line per request), so uvicorn's is
     off: it would double the lines and cost every request a logging call.
     """
     from .interface import BoundedHttpToolsProtocol, GoingAwayWSProtocol

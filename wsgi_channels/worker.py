@@ -753,7 +753,7 @@ class Worker:
     def handle_websocket(
         self, event: Literal["connect", "receive", "disconnect"], message: dict[str, Any]
     ) -> None:
-        """Run the app on one ``websocket.*`` event and send its replies (SPEC.md §6),
+        """Run the app on one ``websocket.*`` event and send its replies (docs/websockets.md),
         the last one carrying ``wsgi_channels.done`` when the message asks for it."""
         started = time.perf_counter()
         channel = "websocket." + event
