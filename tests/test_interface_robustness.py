@@ -7,33 +7,19 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
+import test_interface
 import websockets
 from conftest import REDIS_SERVER, RedisServer
 from servers import InterfaceProcess, Stack
 
 from wsgi_channels.layers import layer_from_url
 
-
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
-def layer_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('layer') / 'layer.sqlite3'}"
-        return
-    if REDIS_SERVER is None:
-        pytest.skip("no redis-server binary on PATH")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
+# The same fresh layer per module and backend as the interface tests use.
+layer_url = test_interface.layer_url
 
 
 def run(coro: Any) -> Any:

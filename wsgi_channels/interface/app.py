@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
@@ -28,16 +28,12 @@ from ..layers.base import ChannelsError
 from ..protocol import HTTP_REQUEST
 from .config import InterfaceConfig, OriginRules
 from .http import HttpExchange
-from .routing import Event, Inbox, ReplyRouter
+from .routing import Event, Inbox, Receive, ReplyRouter, Scope, Send
 from .websocket import WebSocketSession
 
 __all__ = ["InterfaceServer", "create_app"]
 
 logger = logging.getLogger("wsgi_channels.interface")
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class InterfaceServer:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from ..layers.base import ChannelFull, ChannelsError, LayerUnavailable, MessageTooLarge
@@ -27,15 +27,12 @@ from ..protocol import (
 )
 from .config import InterfaceConfig
 from .protocols import SHUTDOWN_KEY
-from .routing import Event, Inbox, ReplyRouter, send_when_room
+from .routing import Event, Inbox, Message, Receive, ReplyRouter, Send, send_when_room
 
 __all__ = ["HttpExchange"]
 
 logger = logging.getLogger("wsgi_channels.interface")
 
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # Answers to layer errors when sending http.request (a table, not a chain).
 _LAYER_ERROR_RESPONSES: dict[type, tuple[int, bytes]] = {

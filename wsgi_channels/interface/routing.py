@@ -21,7 +21,7 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ..layers.aio import AsyncFace, Entry, async_face
@@ -37,6 +37,10 @@ __all__ = ["Event", "Inbox", "ReplyRouter", "send_when_room"]
 logger = logging.getLogger("wsgi_channels.interface")
 
 Message = dict[str, Any]
+# The ASGI callables, as the http and websocket modules and the app receive them.
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class Event(enum.Enum):

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from ..layers.base import ChannelsError, MessageTooLarge
@@ -25,15 +25,11 @@ from ..protocol import (
 )
 from .config import InterfaceConfig
 from .protocols import FRAMES_EXTENSION
-from .routing import Event, Inbox, ReplyRouter, send_when_room
+from .routing import Event, Inbox, Message, Receive, ReplyRouter, Send, send_when_room
 
 __all__ = ["WebSocketSession"]
 
 logger = logging.getLogger("wsgi_channels.interface")
-
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class WebSocketSession:
