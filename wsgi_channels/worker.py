@@ -56,6 +56,7 @@ from .adapter import (
     websocket_replies,
 )
 from .layers.base import ChannelFull, ChannelsError, ConfigurationError, MessageTooLarge
+from .metrics import NULL_METRICS, Recorder
 from .protocol import (
     CONTROL_KEY,
     DEADLINE_KEY,
@@ -278,7 +279,8 @@ class Worker:
     long a stop waits for those in flight; ``channels`` limits the message types
     taken (default: ``http.request`` and the three ``websocket.*``);
     ``max_requests`` (0: no limit) makes :meth:`serve` return after that many
-    messages, for process recycling (gunicorn's ``--max-requests``).
+    messages, for process recycling (gunicorn's ``--max-requests``); ``metrics`` is a
+    :mod:`wsgi_channels.metrics` recorder (default: none, nothing recorded).
 
     Nothing a message contains stops the worker: a malformed message is logged and
     answered 400 (WebSocket: closed) on its ``reply_channel`` when that is usable; an
@@ -295,6 +297,7 @@ class Worker:
         graceful_timeout: float = 30.0,
         channels: Iterable[str] | None = None,
         max_requests: int = 0,
+        metrics: Recorder = NULL_METRICS,
     ) -> None:
         if threads < 1:
             raise ConfigurationError("threads must be at least 1")
@@ -312,6 +315,7 @@ class Worker:
         self.graceful_timeout = float(graceful_timeout)
         self.channels = names
         self.max_requests = int(max_requests)
+        self.metrics = metrics  # wsgi_channels.metrics; a no-op recorder when off
         #: Messages taken from the layer so far.
         self.requests_taken = 0
         # ASGI 1.0 layers before 1.0 final called it receive_many.
@@ -461,6 +465,7 @@ class Worker:
             try:
                 self._dispatch(channel, message)
             finally:
+                self.metrics.finished()
                 with self._count_lock:
                     self._busy -= 1
 
@@ -505,6 +510,7 @@ class Worker:
 
         The whole worker logs one line when an outage begins, then one each time its
         length doubles, and waits longer between tries (up to 5 s per thread)."""
+        self.metrics.layer_error(exc)
         now = time.monotonic()
         with self._count_lock:
             if self._outage_since is None:
@@ -531,6 +537,7 @@ class Worker:
     def _count(self, batch: list[tuple[str, Any]]) -> None:
         if not batch:
             return
+        self.metrics.taken(batch)
         max_requests = self.max_requests
         with self._count_lock:
             self._busy += len(batch)
@@ -606,13 +613,16 @@ class Worker:
         full_since: float | None = None
         while True:
             try:
+                started = self.metrics.clock()
                 self.layer.send(channel, message)
+                self.metrics.sent(channel, started)
                 return
             except self._full:
-                pass
+                self.metrics.layer_error(ChannelFull)
             except self._too_large as exc:
                 raise InvalidResponse(f"the reply is too large for the layer: {exc}") from None
             except Exception as exc:
+                self.metrics.layer_error(exc)
                 raise _Abandon(f"the layer refused the reply: {exc!r}") from None
             if request is not None and request.cancelled:
                 raise _Abandon("the client went away")
