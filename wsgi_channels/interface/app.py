@@ -25,6 +25,7 @@ from typing import Any
 
 from ..layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
 from ..layers.base import ChannelsError
+from ..metrics import NULL_METRICS, Recorder
 from ..protocol import HTTP_REQUEST
 from .config import InterfaceConfig, OriginRules
 from .http import HttpExchange
@@ -40,12 +41,16 @@ class InterfaceServer:
     """The ASGI 3 application that bridges HTTP and WebSocket clients to a channel layer.
 
     *layer* is a channel layer object; *config* an :class:`InterfaceConfig` (or its
-    fields as keyword arguments). The process prefix and the receive task are made on
-    first use inside the serving process (lifespan startup or the first connection),
-    so an instance built before a fork is safe.
+    fields as keyword arguments); *metrics* a :mod:`wsgi_channels.metrics` recorder.
+    The process prefix and the receive task are made on first use inside the serving
+    process (lifespan startup or the first connection), so an instance built before a
+    fork is safe.
     """
 
-    def __init__(self, layer: Any, config: InterfaceConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self, layer: Any, config: InterfaceConfig | None = None, *,
+        metrics: Recorder = NULL_METRICS, **options: Any,
+    ) -> None:  # fmt: skip
         if config is None:
             config = InterfaceConfig(**options)
         elif options:
@@ -53,7 +58,8 @@ class InterfaceServer:
         self.layer = layer
         self.config = config
         self.origins = OriginRules(config.allowed_origins)
-        self.router = ReplyRouter(layer)
+        self.metrics = metrics  # wsgi_channels.metrics; a no-op recorder when off
+        self.router = ReplyRouter(layer, metrics)
         self.sessions: set[WebSocketSession] = set()
         # HTTP requests waiting for their first reply, with when they were sent (Unix).
         self.waiting: dict[HttpExchange, float] = {}
@@ -140,6 +146,7 @@ class InterfaceServer:
             if self.config.health_path and scope["path"] == self.config.health_path:
                 await self._health(send)
                 return
+            send = self.metrics.http_send(send)
             await HttpExchange(
                 scope, receive, send, config=self.config, router=self.router,
                 waiting=self.waiting, on_shutdown=self._shutting_down,

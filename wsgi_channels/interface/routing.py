@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..layers.aio import AsyncFace, Entry, async_face
 from ..layers.base import ChannelFull
+from ..metrics import NULL_METRICS, Recorder
 from ..protocol import DONE_KEY, INTERFACE_PREFIX, check_websocket_reply, full_retry_pauses
 from .protocols import prepare_frame
 
@@ -188,8 +189,9 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class ReplyRouter:
     """The process prefix, its receive task, and the inbox of every reply channel."""
 
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, layer: Any, metrics: Recorder = NULL_METRICS) -> None:
         self.layer = layer
+        self.metrics = metrics
         self.prefix = ""
         self.face: AsyncFace | None = None
         self.inboxes: dict[str, Inbox] = {}
@@ -205,6 +207,7 @@ class ReplyRouter:
             return
         self.prefix = INTERFACE_PREFIX + secrets.token_hex(16) + "!"
         self.face = async_face(self.layer)
+        self.face.metrics = self.metrics
         self.face.listen([self.prefix], self.deliver)
 
     async def stop(self) -> None:
@@ -239,6 +242,7 @@ class ReplyRouter:
     def deliver(self, entries: Iterable[Entry]) -> Awaitable[None] | None:
         """Hand a batch to the inboxes; returns what the receive task must await
         before it takes more, when an HTTP response's backlog went over its bound."""
+        self.metrics.delivered(entries)
         inboxes = self.inboxes
         full: list[Inbox] = []
         for channels, message in entries:

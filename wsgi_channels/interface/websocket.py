@@ -109,6 +109,7 @@ class WebSocketSession:
         if frames is None:
             return
         buffered = frames.write_frame(frame)
+        self.router.metrics.frame_out()
         if buffered > self.config.websocket_write_buffer:
             self._too_slow()
 
@@ -176,6 +177,7 @@ class WebSocketSession:
                     accept["subprotocol"] = subprotocol
                 await self._socket_send(accept)
                 self.accepted = True
+                self.router.metrics.websocket_opened()
                 self.in_flight = 0
                 self.in_flight_deadline = loop.time() + config.http_timeout
                 for frame in early:
@@ -195,6 +197,7 @@ class WebSocketSession:
             await self._write()
         finally:
             reader.cancel()
+            self.router.metrics.websocket_closed()
 
     async def _read(self) -> None:
         """Move client frames into ``self.events``; the writer sends them on."""
@@ -217,6 +220,7 @@ class WebSocketSession:
                     continue
                 self.events.append(fields)
                 self.event_bytes += size
+                self.router.metrics.frame_in()
                 self.inbox.poke()
             elif kind == "websocket.disconnect":
                 self.closed = True
@@ -274,6 +278,7 @@ class WebSocketSession:
         return False
 
     async def _handle_reply(self, reply: Message) -> None:
+        self.router.metrics.frames_out(reply)
         text = reply.get("text")
         if text is not None:
             await self._socket_send({"type": "websocket.send", "text": text})

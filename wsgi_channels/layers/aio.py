@@ -39,6 +39,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..metrics import NULL_METRICS, Recorder
 from .base import (
     ChannelFull,
     ChannelsError,
@@ -83,6 +84,8 @@ class AsyncFace:
 
     Subclasses implement :meth:`_flush` (one round trip per server for a list of
     encoded messages) and :meth:`_drain` (the receive loop)."""
+
+    metrics: Recorder = NULL_METRICS  # set by the owner (wsgi_channels.metrics)
 
     def __init__(self, layer: BaseChannelLayer) -> None:
         self.layer = layer
@@ -133,6 +136,7 @@ class AsyncFace:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                started = self.metrics.clock()
                 try:
                     outcomes: Sequence[_Outcome] = await self._flush([item for item, _ in batch])
                 except ChannelsError as exc:
@@ -140,6 +144,7 @@ class AsyncFace:
                 except Exception as exc:  # a bug: fail the sends rather than hang them
                     log.exception("sending to the channel layer failed")
                     outcomes = [LayerUnavailable(f"send failed: {exc!r}")] * len(batch)
+                self.metrics.flushed(batch, outcomes, started)
                 for (_item, future), outcome in zip(batch, outcomes, strict=True):
                     if not future.done():
                         future.set_result(outcome)
