@@ -98,6 +98,15 @@ access_log_option = click.option(
     help="One line per request, written by the worker (of run and worker). "
     "[env: WSGI_CHANNELS_ACCESS_LOG]",
 )
+metrics_option = click.option(
+    "--metrics",
+    "metrics_address",
+    envvar=_env("METRICS"),
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the metrics extra: "
+    "pip install 'wsgi-channels[metrics]'); off by default. [env: WSGI_CHANNELS_METRICS]",
+)
 threads_option = click.option(
     "--threads",
     envvar=_env("THREADS"),
@@ -385,6 +394,31 @@ def _check_interface_options(
         _fail(str(exc))
 
 
+def _check_metrics(address: str | None) -> None:
+    """Fail now, with one line, on a bad ``--metrics`` address or without
+    prometheus-client, before anything starts."""
+    if address:
+        from . import metrics
+
+        metrics.parse_address(address)
+        metrics.require()
+
+
+def _start_metrics(address: str | None, layer: Any, *roles: str) -> list[Any]:
+    """Serve ``/metrics`` on *address* (with the queue depths of *layer*) and return a
+    recorder per role; without *address*, no-op recorders and nothing served."""
+    from . import metrics
+
+    if not address:
+        return [metrics.NULL_METRICS for _ in roles]
+    recorders = [metrics.Metrics(role) for role in roles]
+    host, port = metrics.serve(address, layer)
+    logging.getLogger("wsgi_channels.metrics").info(
+        "Prometheus metrics at http://%s:%d/metrics", host, port
+    )
+    return recorders
+
+
 # -- the commands -----------------------------------------------------------------------
 
 
@@ -429,6 +463,7 @@ def _limit_malloc_arenas() -> None:
 @threads_option
 @log_level_option
 @access_log_option
+@metrics_option
 @click.option(
     "--reload",
     is_flag=True,
@@ -442,10 +477,12 @@ def run(
     threads: int,
     log_level: str,
     access_log: bool,
+    metrics_address: str | None,
     reload: bool,
 ) -> None:
     """Serve APP for development: interface server and worker in one process."""
     host, port, uds = parse_bind(bind)
+    _check_metrics(metrics_address)
     if reload:
         # werkzeug's reloader (the one flask run uses); run_simple wraps it with its
         # own server, so we call it directly.
@@ -469,13 +506,17 @@ def run(
                     threads,
                     (log_level, access_log),
                     announce=False,
+                    metrics_address=metrics_address,
                 )
             except (UsageProblem, ConfigurationError) as exc:
                 click.echo(f"wsgi-channels: error: {exc} (waiting for a change)", err=True)
 
         run_with_reloader(serve_until_changed)
         return
-    _run(app, host, port, uds, layer_url, threads, (log_level, access_log), announce=True)
+    _run(
+        app, host, port, uds, layer_url, threads, (log_level, access_log), announce=True,
+        metrics_address=metrics_address,
+    )  # fmt: skip
 
 
 def _run(
@@ -488,6 +529,7 @@ def _run(
     logs: tuple[str, bool],
     *,
     announce: bool,
+    metrics_address: str | None = None,
 ) -> None:
     import uvicorn
 
@@ -502,12 +544,22 @@ def _run(
     _configure_logging(log_level, access_log=access_log)
     # The app's Group(...).send() must reach the same layer (memory:// is per object).
     set_default_layer(layer)
-    worker = Worker(app, layer, threads=threads)
+    try:
+        interface_metrics, worker_metrics = _start_metrics(
+            metrics_address, layer, "interface", "worker"
+        )
+    except ConfigurationError:
+        layer.close()
+        raise
+    worker_metrics.worker_threads(threads)
+    worker = Worker(app, layer, threads=threads, metrics=worker_metrics)
     worker_thread = threading.Thread(target=worker.serve, name="wsgi-channels-worker")
     worker_thread.start()
     try:
         config = uvicorn.Config(
-            InterfaceServer(layer, InterfaceConfig.from_environ(os.environ)),
+            InterfaceServer(
+                layer, InterfaceConfig.from_environ(os.environ), metrics=interface_metrics
+            ),
             host=host or "127.0.0.1",
             port=port or 0,
             uds=uds,
@@ -642,6 +694,7 @@ def _bind(config: Any) -> socket.socket:
 )
 @log_level_option
 @access_log_option
+@metrics_option
 def interface(
     bind: str,
     layer_url: str | None,
@@ -654,6 +707,7 @@ def interface(
     health_path: str,
     log_level: str,
     access_log: bool,
+    metrics_address: str | None,
 ) -> None:
     """Serve HTTP and WebSocket clients, passing them on to workers over the layer."""
     import uvicorn
@@ -661,6 +715,7 @@ def interface(
     from .interface import InterfaceConfig
 
     host, port, uds = parse_bind(bind)
+    _check_metrics(metrics_address)
     _check_interface_options(http_timeout, websocket_connect_timeout, allowed_origins)
     try:
         # The one configuration object; every process rebuilds it from the environment.
@@ -684,6 +739,8 @@ def interface(
     os.environ.update({LAYER_ENV: url, **settings.to_environ()})
     options = _uvicorn_options(log_level)
     if workers > 1:
+        if metrics_address:
+            _serve_metrics_of_children(metrics_address, url)
         # uvicorn's supervisor binds the socket and logs where it listens.
         click.echo(_serving_line(host, port, uds, url))
         uvicorn.run(
@@ -698,12 +755,27 @@ def interface(
         return
     from .interface import create_app
 
-    config = uvicorn.Config(
-        create_app(), host=host or "127.0.0.1", port=port or 0, uds=uds, **options
-    )
+    (recorder,) = _start_metrics(metrics_address, lambda: layer_from_url(url), "interface")
+    app = create_app(metrics=recorder)
+    config = uvicorn.Config(app, host=host or "127.0.0.1", port=port or 0, uds=uds, **options)
     sock = _bind(config)
     click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds, url))
     _serve(uvicorn.Server(config), sock)
+
+
+def _serve_metrics_of_children(address: str, url: str) -> None:
+    """``interface --workers N --metrics``: the spawned processes record in
+    prometheus-client's multiprocess mode (they see ``WSGI_CHANNELS_METRICS`` and
+    ``PROMETHEUS_MULTIPROC_DIR``); this supervisor serves their sum."""
+    from . import metrics
+
+    metrics.prepare_multiprocess()
+    os.environ[metrics.METRICS_ENV] = address
+    host, port = metrics.serve(address, lambda: layer_from_url(url), multiprocess=True)
+    logging.getLogger("wsgi_channels.metrics").info(
+        "Prometheus metrics of %s interface processes at http://%s:%d/metrics",
+        os.environ.get("WEB_CONCURRENCY", "the"), host, port,
+    )  # fmt: skip
 
 
 @cli.command()
@@ -712,11 +784,20 @@ def interface(
 @threads_option
 @log_level_option
 @access_log_option
-def worker(app: str, layer_url: str | None, threads: int, log_level: str, access_log: bool) -> None:
+@metrics_option
+def worker(
+    app: str,
+    layer_url: str | None,
+    threads: int,
+    log_level: str,
+    access_log: bool,
+    metrics_address: str | None,
+) -> None:
     """Run APP on the messages of the layer until SIGTERM/SIGINT."""
     from .layers import set_default_layer
     from .worker import Worker
 
+    _check_metrics(metrics_address)
     wsgi_app = load_app(app)
     layer = open_layer(layer_url)
     # Channel() and Group() in the app, without layer=, use the layer served here.
@@ -724,7 +805,9 @@ def worker(app: str, layer_url: str | None, threads: int, log_level: str, access
     _configure_logging(log_level, access_log=access_log)
     click.echo(f" * Running {app} with layer {shown_layer_url(layer_url_of(layer_url))}")
     try:
-        Worker(wsgi_app, layer, threads=threads).run()
+        (recorder,) = _start_metrics(metrics_address, layer, "worker")
+        recorder.worker_threads(threads)
+        Worker(wsgi_app, layer, threads=threads, metrics=recorder).run()
     finally:
         layer.close()
 

@@ -44,6 +44,7 @@ __all__ = [
     "parse_address",
     "prepare_multiprocess",
     "process_exit",
+    "recorder_from_environ",
     "serve",
 ]
 
@@ -137,7 +138,7 @@ class Recorder:
         their outcomes (True sent, False full, or the ChannelsError), begun at
         *started*."""
 
-    def delivered(self, entries: Sequence[tuple[list[str], Any]]) -> None:
+    def delivered(self, entries: Iterable[tuple[list[str], Any]]) -> None:
         """A batch received on the process channel (replies and group messages)."""
 
     # -- worker ---------------------------------------------------------------------
@@ -153,6 +154,9 @@ class Recorder:
 
     def layer_error(self, exc: BaseException | type[BaseException]) -> None:
         """A layer call failed with *exc* (ChannelFull, LayerUnavailable, ...)."""
+
+    def worker_threads(self, threads: int) -> None:
+        """A worker with *threads* pool threads starts."""
 
 
 #: The recorder when metrics are off.
@@ -332,7 +336,9 @@ class Metrics(Recorder):
                 name = "ChannelFull" if outcome is False else error_name(outcome)
                 self._count(self._errors, self._f.errors, name)
 
-    def delivered(self, entries: Sequence[tuple[list[str], Any]]) -> None:
+    def delivered(self, entries: Iterable[tuple[list[str], Any]]) -> None:
+        if not isinstance(entries, list):
+            return  # an iterator is the receiver's to consume (the faces give lists)
         groups = sum(1 for channels, _message in entries if len(channels) > 1)
         if groups:
             self._count(self._received, self._f.received, "group", groups)
@@ -357,7 +363,6 @@ class Metrics(Recorder):
         self._count(self._errors, self._f.errors, error_name(exc))
 
     def worker_threads(self, threads: int) -> None:
-        """A worker with *threads* pool threads starts (``-threads`` when it stops)."""
         self._f.threads.inc(threads)
 
 
@@ -409,6 +414,16 @@ class QueueCollector:
             return [up]
         up.add_metric([], 1.0)
         return [depth, age, up]
+
+
+def recorder_from_environ(environ: Mapping[str, str], role: str) -> Recorder:
+    """The recorder of a process started by one that serves the endpoint for all
+    (``interface --workers N``, gunicorn): a :class:`Metrics` when *environ* has both
+    ``WSGI_CHANNELS_METRICS`` and ``PROMETHEUS_MULTIPROC_DIR``, else
+    :data:`NULL_METRICS`."""
+    if environ.get(METRICS_ENV) and environ.get(MULTIPROC_ENV):
+        return Metrics(role)
+    return NULL_METRICS
 
 
 def parse_address(value: str) -> tuple[str, int]:

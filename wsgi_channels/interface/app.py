@@ -25,7 +25,7 @@ from typing import Any
 
 from ..layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
 from ..layers.base import ChannelsError
-from ..metrics import NULL_METRICS, Recorder
+from ..metrics import NULL_METRICS, Recorder, recorder_from_environ
 from ..protocol import HTTP_REQUEST
 from .config import InterfaceConfig, OriginRules
 from .http import HttpExchange
@@ -233,11 +233,16 @@ def _describe(layer: Any) -> str:
     return repr(layer)
 
 
-def create_app(environ: Mapping[str, str] | None = None) -> InterfaceServer:
+def create_app(
+    environ: Mapping[str, str] | None = None, *, metrics: Recorder | None = None
+) -> InterfaceServer:
     """An :class:`InterfaceServer` configured by the environment (or *environ*): the
     layer from ``WSGI_CHANNELS_LAYER`` (default ``sqlite:///.wsgi_channels.sqlite3``),
     the rest from :meth:`InterfaceConfig.from_environ`. For ``uvicorn --factory
-    wsgi_channels.interface:create_app`` and each ``--workers`` process."""
+    wsgi_channels.interface:create_app`` and each ``--workers`` process. *metrics* (a
+    :mod:`wsgi_channels.metrics` recorder) defaults to ``recorder_from_environ``."""
     env = os.environ if environ is None else environ
     layer = layer_from_url(env.get(LAYER_ENV) or DEFAULT_LAYER_URL)
-    return InterfaceServer(layer, InterfaceConfig.from_environ(env))
+    if metrics is None:
+        metrics = recorder_from_environ(env, "interface")
+    return InterfaceServer(layer, InterfaceConfig.from_environ(env), metrics=metrics)
