@@ -191,13 +191,28 @@ def test_a_bad_metrics_address_is_one_line_and_exit_2(
     assert lines == [lines[-1]] and expected in lines[-1], process.output
 
 
+HIDE_PROMETHEUS = """
+import sys
+
+
+class HidePrometheus:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "prometheus_client":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, HidePrometheus())
+"""
+
+
 def test_without_prometheus_client_metrics_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    # An environment where prometheus_client cannot be imported, as without the extra.
-    shadow = tmp_path / "shadow" / "prometheus_client"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('No module named prometheus_client')\n")
+    # A Python that cannot find prometheus_client, as without the extra.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_PROMETHEUS)
     for argv in (["worker", "apps:echo"], ["interface"], ["run", "apps:echo"]):
-        env = {"PYTHONPATH": str(shadow.parent), "WSGI_CHANNELS_METRICS": "127.0.0.1:1"}
+        env = {"PYTHONPATH": str(hide), "WSGI_CHANNELS_METRICS": "127.0.0.1:1"}
         process = CliProcess(*argv, "--layer", "memory://", env=env).start()
         assert exit_code(process) == 2, process.output
         assert process.output.strip() == (
@@ -226,3 +241,59 @@ def test_the_null_recorder_has_every_hook_of_the_real_one() -> None:
     hooks = {name for name in dir(metrics.Metrics) if not name.startswith("_")}
     assert hooks - {"enabled", "role"} <= set(dir(metrics.Recorder))
     assert metrics.NULL_METRICS.enabled is False
+
+
+@pytest.mark.slow
+def test_gunicorn_master_serves_the_sum_of_its_workers(redis_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("gunicorn")
+    from _worker_helpers import request
+    from test_gunicorn_worker import Gunicorn
+
+    metrics_port = free_port()
+    server = Gunicorn(
+        redis_url,
+        tmp_path,
+        "--workers",
+        "2",
+        "-e",
+        f"WSGI_CHANNELS_METRICS=127.0.0.1:{metrics_port}",
+    )
+    try:
+        wait_for_port(metrics_port, timeout=15)
+        # Both children record into PROMETHEUS_MULTIPROC_DIR; the master adds them up.
+        samples = eventually(metrics_port, lambda s: value(s, "wsgi_channels_worker_threads") == 4)
+        assert value(samples, "wsgi_channels_worker_threads") == 4  # 2 workers x 2 threads
+        for _ in range(6):
+            assert request(server.layer, "GET", "/pid", reply_timeout=10, timeout=10).status == 200
+        samples = eventually(
+            metrics_port, lambda s: value(s, SENT, role="worker", kind="reply") >= 6
+        )
+        assert value(samples, RECEIVED, role="worker", kind="http.request") == 6
+        # /pid has no Content-Length: two reply messages each (the body, then its end).
+        assert value(samples, SENT, role="worker", kind="reply") == 12
+        assert value(samples, "wsgi_channels_worker_threads_busy") == 0
+        assert value(samples, "wsgi_channels_layer_up") == 1
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert f"Prometheus metrics at http://127.0.0.1:{metrics_port}/metrics" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_interface_processes_are_summed_on_one_endpoint(tmp_path: Path) -> None:
+    layer = f"sqlite:///{tmp_path / 'layer.sqlite3'}"
+    metrics_port = free_port()
+    interface = InterfaceProcess(layer, "--workers", "2", "--metrics", f"127.0.0.1:{metrics_port}")
+    worker = WorkerProcess("apps:echo", layer).start()
+    try:
+        with running(interface, metrics_port):
+            for i in range(6):
+                assert requests.get(f"{interface.url}/{i}", timeout=10).status_code == 200
+            samples = eventually(metrics_port, lambda s: value(s, REQUESTS, status="200") == 6)
+        assert value(samples, REQUESTS, status="200") == 6
+        assert value(samples, SENT, role="interface", kind="http.request") == 6
+        assert value(samples, "wsgi_channels_layer_up") == 1
+        assert "Prometheus metrics of 2 interface processes" in interface.output
+    finally:
+        assert worker.stop() == 0

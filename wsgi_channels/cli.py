@@ -740,7 +740,7 @@ def interface(
     options = _uvicorn_options(log_level)
     if workers > 1:
         if metrics_address:
-            _serve_metrics_of_children(metrics_address, url)
+            _serve_metrics_of_children(metrics_address, url, workers)
         # uvicorn's supervisor binds the socket and logs where it listens.
         click.echo(_serving_line(host, port, uds, url))
         uvicorn.run(
@@ -763,7 +763,7 @@ def interface(
     _serve(uvicorn.Server(config), sock)
 
 
-def _serve_metrics_of_children(address: str, url: str) -> None:
+def _serve_metrics_of_children(address: str, url: str, processes: int) -> None:
     """``interface --workers N --metrics``: the spawned processes record in
     prometheus-client's multiprocess mode (they see ``WSGI_CHANNELS_METRICS`` and
     ``PROMETHEUS_MULTIPROC_DIR``); this supervisor serves their sum."""
@@ -773,8 +773,8 @@ def _serve_metrics_of_children(address: str, url: str) -> None:
     os.environ[metrics.METRICS_ENV] = address
     host, port = metrics.serve(address, lambda: layer_from_url(url), multiprocess=True)
     logging.getLogger("wsgi_channels.metrics").info(
-        "Prometheus metrics of %s interface processes at http://%s:%d/metrics",
-        os.environ.get("WEB_CONCURRENCY", "the"), host, port,
+        "Prometheus metrics of %d interface processes at http://%s:%d/metrics",
+        processes, host, port,
     )  # fmt: skip
 
 

@@ -24,7 +24,9 @@ The metrics, their labels and what each one counts are listed in ``docs/metrics.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -253,10 +255,7 @@ class Metrics(Recorder):
     enabled = True
 
     def __init__(self, role: str, *, registry: Any = None) -> None:
-        try:
-            import prometheus_client
-        except ImportError:
-            raise ConfigurationError(_MISSING) from None
+        prometheus_client = _prometheus()
         if registry is None:
             registry = prometheus_client.REGISTRY
         f = self._f = _families_of(registry)
@@ -438,11 +437,24 @@ def parse_address(value: str) -> tuple[str, int]:
 
 
 def require() -> None:
-    """Raise ConfigurationError (one line: what to install) without prometheus-client."""
+    """Raise ConfigurationError (one line: what to install) without prometheus-client.
+    It is looked for, not imported: importing it chooses its multiprocess mode."""
+    import importlib.util
+
     try:
-        import prometheus_client  # noqa: F401
+        found = importlib.util.find_spec("prometheus_client")
+    except ImportError:
+        found = None
+    if found is None:
+        raise ConfigurationError(_MISSING)
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
     except ImportError:
         raise ConfigurationError(_MISSING) from None
+    return prometheus_client
 
 
 def prepare_multiprocess() -> str:
@@ -467,7 +479,14 @@ def prepare_multiprocess() -> str:
             )
         directory = tempfile.mkdtemp(prefix="wsgi-channels-metrics-")
         os.environ[MULTIPROC_ENV] = directory
+        atexit.register(_remove_directory, directory, os.getpid())
     return directory
+
+
+def _remove_directory(directory: str, owner: int) -> None:
+    # Forked children inherit atexit handlers: only the process that made it removes it.
+    if os.getpid() == owner:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def serve(address: str, layer: Any = None, *, multiprocess: bool = False) -> tuple[str, int]:
@@ -476,8 +495,7 @@ def serve(address: str, layer: Any = None, *, multiprocess: bool = False) -> tup
     too. With *multiprocess*, the values come from the files of every process in
     ``PROMETHEUS_MULTIPROC_DIR``. ConfigurationError when the port cannot be bound."""
     host, port = parse_address(address)
-    require()
-    import prometheus_client
+    prometheus_client = _prometheus()
 
     registry: Any
     if multiprocess:
