@@ -17,6 +17,12 @@ no ``--bind`` is needed; an explicit other ``--bind`` is kept.
 Settings used, mapped in :meth:`ChannelWorker.worker_options` only: ``--threads``
 (pool size; gunicorn's default of 1 is kept), ``--graceful-timeout``,
 ``--max-requests`` (with ``--max-requests-jitter``).
+
+Metrics: ``WSGI_CHANNELS_METRICS=HOST:PORT`` (in the environment or gunicorn's ``-e``)
+makes the master serve Prometheus text at ``http://HOST:PORT/metrics``, the sum of
+every child's, in prometheus-client's multiprocess mode: each child writes its values
+to files in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory unless it is
+set; a set one is emptied at start). See docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from typing import Any
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as GunicornWorker
 
+from . import metrics
 from .layers import get_default_layer
-from .layers.base import LayerUnavailable
+from .layers.base import ConfigurationError, LayerUnavailable
 from .worker import Worker
 
 __all__ = ["ChannelWorker"]
@@ -82,6 +89,27 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
         create_sockets.wsgi_channels = True  # type: ignore[attr-defined]
         gunicorn.sock.create_sockets = create_sockets
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Called by gunicorn in the master once it listens, before the first fork:
+        serve the children's metrics when ``WSGI_CHANNELS_METRICS`` is set."""
+        address = os.environ.get(metrics.METRICS_ENV)
+        if not address or getattr(cls, "_metrics_served", False):
+            return
+        from .cli import layer_url_of
+        from .layers import layer_from_url
+
+        try:
+            directory = metrics.prepare_multiprocess()
+            host, port = metrics.serve(
+                address, lambda: layer_from_url(layer_url_of(None)), multiprocess=True
+            )
+        except ConfigurationError as exc:
+            log.error("wsgi-channels: %s", exc)
+            sys.exit(WORKER_BOOT_ERROR)
+        cls._metrics_served = True
+        log.info("Prometheus metrics at http://%s:%d/metrics (values in %s)", host, port, directory)
+
     def worker_options(self) -> dict[str, Any]:
         """The :class:`Worker` keyword arguments from gunicorn's settings."""
         max_requests = int(self.max_requests)
@@ -119,6 +147,13 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
             self.log.error("channel layer %s is unreachable: %s", _layer_name(self.layer), exc)
             # gunicorn's master stops (rather than forking again) on a boot error.
             sys.exit(WORKER_BOOT_ERROR)
-        worker = Worker(self.wsgi, self.layer, **self.worker_options())
+        recorder = metrics.recorder_from_environ(os.environ, "worker")
+        options = self.worker_options()
+        recorder.worker_threads(options["threads"])
+        worker = Worker(self.wsgi, self.layer, metrics=recorder, **options)
         self.log.info("wsgi-channels worker (pid %s) taking messages", self.pid)
-        worker.serve(should_stop=self._should_stop, on_tick=self.notify)
+        try:
+            worker.serve(should_stop=self._should_stop, on_tick=self.notify)
+        finally:
+            if recorder.enabled:
+                metrics.process_exit()
