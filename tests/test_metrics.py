@@ -5,6 +5,7 @@ own parser, its counters moving with real HTTP and WebSocket traffic."""
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import free_port, wait_for_port
-from servers import CliProcess, InterfaceProcess, WorkerProcess
+from servers import REPO, CliProcess, InterfaceProcess, WorkerProcess
 
 from wsgi_channels import metrics
 
@@ -22,12 +23,16 @@ ws_client = pytest.importorskip("websockets.sync.client")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(port: int) -> Samples:
+def scrape_text(port: int) -> str:
     response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+def scrape(port: int) -> Samples:
     samples: Samples = {}
-    for family in parser.text_string_to_metric_families(response.text):
+    for family in parser.text_string_to_metric_families(scrape_text(port)):
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples
@@ -124,7 +129,17 @@ def test_run_metrics_move_with_http_and_websocket_traffic(tmp_path: Path) -> Non
         assert value(closed, OPEN) == 0
         assert value(closed, "wsgi_channels_websocket_connections_total") == 1
         assert value(closed, RECEIVED, role="worker", kind="websocket.disconnect") == 1
+        families = {
+            f.name for f in parser.text_string_to_metric_families(scrape_text(metrics_port))
+        }
     assert "Prometheus metrics at http://127.0.0.1:" in process.output
+    # Every metric the Grafana dashboard plots is one that is served.
+    dashboard = (REPO / "docs" / "grafana-dashboard.json").read_text()
+    plotted = {
+        re.sub(r"_(total|bucket|count|sum)$", "", name)
+        for name in re.findall(r"wsgi_channels_\w+", dashboard)
+    }
+    assert plotted and plotted <= families, plotted - families
 
 
 def test_interface_counts_504_503_channel_full_and_shows_the_queue(tmp_path: Path) -> None:
