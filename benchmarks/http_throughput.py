@@ -10,13 +10,20 @@ threads per worker (``--splits 1:1:4,1:2:2`` tries both 1 + 1 and 1 + 2 on two c
 
 Bars: ours >= 1.0x gunicorn sync, >= 1.0x gunicorn gthread, >= 2.0x the naive bridge.
 
+``--metrics`` measures the cost of Prometheus metrics instead: each split with
+``--metrics`` off and on (every interface and worker process serving ``/metrics``, each
+endpoint scraped every ``SCRAPE_INTERVAL`` seconds during the run), interleaved, and no
+baselines. Bar: metrics on >= 0.97x the req/s of metrics off.
+
     python -m benchmarks.http_throughput [--rounds 3] [--duration 6] [--connections 32]
-        [--splits 1:1:4,1:2:2] [--naive-workers 2] [--quick] [--json PATH]
+        [--splits 1:1:4,1:2:2] [--naive-workers 2] [--metrics] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,11 @@ BAR_VS_NAIVE = 2.0
 SYNC = "gunicorn sync"
 GTHREAD = "gunicorn gthread"
 NAIVE = "naive bridge"
+BAR_METRICS = 0.97
+METRICS_ON = ", metrics on"
+#: Seconds between two scrapes of each /metrics endpoint during a metrics-on run
+#: (Prometheus' default is 15 s: this is the harsher case).
+SCRAPE_INTERVAL = 1.0
 
 Start = Callable[[h.Procs], tuple[int, dict[str, Any]]]
 
@@ -60,17 +72,81 @@ def start_gunicorn(
 
 
 def start_bridge(
-    procs: h.Procs, split: tuple[int, int, int], app: str = APP
+    procs: h.Procs, split: tuple[int, int, int], app: str = APP, scrape: list[int] | None = None
 ) -> tuple[int, dict[str, Any]]:
     """Start redis, the interface and the workers of *split*; return the port once a
-    request has gone all the way through, and the CPU groups."""
+    request has gone all the way through, and the CPU groups. With *scrape* (a list),
+    every process serves ``--metrics`` and the list is filled with their ports."""
     interfaces, workers, threads = split
     url = procs.redis()
     redis_proc = procs.procs[-1]
-    interface, port = procs.interface(url, workers=interfaces)
-    worker_procs = [procs.worker(app, url, threads=threads) for _ in range(workers)]
+    extra = _metrics_args(scrape)
+    interface, port = procs.interface(url, workers=interfaces, extra=extra)
+    if scrape is None:
+        worker_procs = [procs.worker(app, url, threads=threads) for _ in range(workers)]
+    else:
+        worker_procs = [_metrics_worker(procs, app, url, threads, scrape) for _ in range(workers)]
     h.wait_http_ok(port, procs=[interface, *worker_procs])
     return port, {"interface": interface, "worker": worker_procs, "redis": redis_proc}
+
+
+def _metrics_worker(procs: h.Procs, app: str, url: str, threads: int, scrape: list[int]) -> h.Proc:
+    """What ``procs.worker`` starts, with ``--metrics`` on a free port."""
+    argv = [*h.cli(), "worker", app, "--layer", url, "--threads", str(threads),
+            "--no-access-log", *_metrics_args(scrape)]  # fmt: skip
+    return procs.start(f"worker-{len(procs.procs)}", argv)
+
+
+def _metrics_args(scrape: list[int] | None) -> list[str]:
+    if scrape is None:
+        return []
+    port = h.free_port()
+    scrape.append(port)
+    return ["--metrics", f"{h.HOST}:{port}"]
+
+
+class BridgeWithMetrics:
+    """A Start for a split with ``--metrics`` on; ``scrape_ports`` are the endpoints of
+    the processes started last."""
+
+    def __init__(self, split: tuple[int, int, int], app: str = APP) -> None:
+        self.split, self.app = split, app
+        self.scrape_ports: list[int] = []
+
+    def __call__(self, procs: h.Procs) -> tuple[int, dict[str, Any]]:
+        self.scrape_ports.clear()
+        return start_bridge(procs, self.split, self.app, scrape=self.scrape_ports)
+
+
+class Scraper:
+    """Scrape each endpoint every SCRAPE_INTERVAL seconds from a thread, as Prometheus
+    would, until the block ends; ``scrapes`` counts the answers that had our metrics."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = list(ports)
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for port in self.ports:
+                url = f"http://{h.HOST}:{port}/metrics"
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        if b"wsgi_channels_" in response.read():
+                            self.scrapes += 1
+                except OSError:
+                    pass  # counted as a scrape missed; the run checks that some answered
+            self._stop.wait(SCRAPE_INTERVAL)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def start_naive(procs: h.Procs, workers: int, app: str = APP) -> tuple[int, dict[str, Any]]:
@@ -104,9 +180,13 @@ def targets(args: Any, app: str = APP) -> dict[str, Start]:
             procs, args.naive_workers, app=app
         ),
     }
+    if getattr(args, "metrics", False):
+        found = {}
     for text in args.splits.split(","):
         split = parse_split(text)
         found[f"{split_label(split)}, Redis"] = lambda procs, s=split: start_bridge(procs, s, app)
+        if getattr(args, "metrics", False):
+            found[f"{split_label(split)}, Redis{METRICS_ON}"] = BridgeWithMetrics(split, app)
     return found
 
 
@@ -115,12 +195,16 @@ def measure(
 ) -> dict[str, Any]:
     """Start a target with *start(procs)*, warm it up, run wrk once with CPU metering,
     stop everything."""
+    scrape = getattr(start, "scrape_ports", None)
     with h.Procs() as procs:
         port, groups = start(procs)
         if warmup:
             h.wrk(port, threads=threads, connections=connections, seconds=warmup)
-        with h.CpuMeter(groups) as cpu:
+        with h.CpuMeter(groups) as cpu, Scraper(scrape or []) as scraper:
             result = h.wrk(port, threads=threads, connections=connections, seconds=seconds)
+        if scrape and not scraper.scrapes:
+            raise RuntimeError("metrics were on but no /metrics endpoint answered")
+        result["scrapes"] = scraper.scrapes
         for group in groups.values():
             for proc in group if isinstance(group, list) else [group]:
                 proc.check_alive()
@@ -171,12 +255,18 @@ def main(argv: list[str] | None = None) -> h.Report:
     add_options(p, duration=6.0)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument(
+        "--metrics", action="store_true",
+        help="measure each split with --metrics off and on instead of against the baselines",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 1.0, 0.0
         args.splits = args.splits.split(",")[0]
     report = h.Report("http_throughput", params={**vars(args), "json": str(args.json)})
     rows = run_rounds(args, threads=args.wrk_threads, connections=args.connections)
+    if args.metrics:
+        return metrics_report(args, argv, report, rows)
     sync, gthread, naive = rows[0], rows[1], rows[2]
     for row in rows:
         row["x_sync"] = h.ratio(row["rps"], sync["rps"])
@@ -207,6 +297,41 @@ def main(argv: list[str] | None = None) -> h.Report:
         "gunicorn sync workers close the connection after each response (no keep-alive); "
         "uvicorn keeps connections alive. cpu = % of one core over the measured run; "
         "others = what the rest of the machine used meanwhile."
+    )
+    report.print_bars()
+    print(f"\nJSON: {report.write(args.json)}")
+    return report
+
+
+def metrics_report(
+    args: Any, argv: list[str] | None, report: h.Report, rows: list[dict[str, Any]]
+) -> h.Report:
+    """``--metrics``: each split's req/s with metrics on as a ratio of metrics off."""
+    off = {row["config"]: row for row in rows if not row["config"].endswith(METRICS_ON)}
+    for row in rows:
+        base = off.get(row["config"].removesuffix(METRICS_ON))
+        row["x_off"] = h.ratio(row["rps"], base["rps"] if base else None)
+    report.rows = rows
+    title = (
+        f"HTTP throughput with Prometheus metrics off and on, Flask hello world, "
+        f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration:g}s, "
+        f"{args.rounds} rounds interleaved, medians"
+    )
+    print("\n" + h.run_header(title, "http_throughput", argv))
+    columns = [("config", "server"), ("rps", "req/s"), ("x_off", "vs metrics off"),
+               ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("errors", "errors"),
+               ("rps_rounds", "req/s per round"), ("loadavg_1m", "load 1m"),
+               ("cpu", "cpu (% of a core, last round)")]  # fmt: skip
+    print(h.markdown(rows, columns))
+    for row in rows:
+        if row["config"].endswith(METRICS_ON) and row["x_off"] is not None:
+            name = row["config"].removesuffix(METRICS_ON)
+            report.bars.append(
+                h.Bar(f"req/s metrics on vs off ({name})", row["x_off"], BAR_METRICS, ">=")
+            )
+    report.notes.append(
+        f"metrics on: every interface and worker process serves --metrics, and each "
+        f"endpoint is scraped every {SCRAPE_INTERVAL:g} s during the measured run."
     )
     report.print_bars()
     print(f"\nJSON: {report.write(args.json)}")
