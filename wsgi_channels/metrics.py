@@ -327,13 +327,17 @@ class Metrics(Recorder):
         started: float,
     ) -> None:  # fmt: skip
         self._round_trip.observe(time.perf_counter() - started)
-        sent = self._sent
+        # One increment per kind and batch (a busy loop turn sends many of one kind).
+        kinds: dict[str, int] = {}
         for ((channel, _data, _expires), _future), outcome in zip(batch, outcomes, strict=True):
             if outcome is True:
-                self._count(sent, self._f.sent, channel_kind(channel))
+                kind = channel_kind(channel)
+                kinds[kind] = kinds.get(kind, 0) + 1
             else:
                 name = "ChannelFull" if outcome is False else error_name(outcome)
                 self._count(self._errors, self._f.errors, name)
+        for kind, count in kinds.items():
+            self._count(self._sent, self._f.sent, kind, count)
 
     def delivered(self, entries: Iterable[tuple[list[str], Any]]) -> None:
         if not isinstance(entries, list):
@@ -348,8 +352,15 @@ class Metrics(Recorder):
 
     def taken(self, batch: Sequence[tuple[str, Any]]) -> None:
         self._busy.inc(len(batch))
+        if len(batch) == 1:
+            self._count(self._received, self._f.received, channel_kind(batch[0][0]))
+            return
+        kinds: dict[str, int] = {}
         for channel, _message in batch:
-            self._count(self._received, self._f.received, channel_kind(channel))
+            kind = channel_kind(channel)
+            kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, count in kinds.items():
+            self._count(self._received, self._f.received, kind, count)
 
     def finished(self) -> None:
         self._busy.dec()
