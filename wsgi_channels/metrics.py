@@ -287,13 +287,15 @@ class Metrics(Recorder):
         started = time.perf_counter()
         status = 0
 
-        async def send_and_count(message: Any) -> None:
+        # A plain function that returns send's own awaitable: no coroutine of ours
+        # per message. The response counts when its last part is handed to uvicorn.
+        def send_and_count(message: Any) -> Awaitable[None]:
             nonlocal status
-            await send(message)
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif not message.get("more_body", False):
                 self._http_done(status, time.perf_counter() - started)
+            return send(message)
 
         return send_and_count
 
