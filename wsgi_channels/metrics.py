@@ -329,6 +329,9 @@ class Metrics(Recorder):
         started: float,
     ) -> None:  # fmt: skip
         self._round_trip.observe(time.perf_counter() - started)
+        if len(batch) == 1 and outcomes[0] is True:  # a quiet loop turn: one send
+            self._count(self._sent, self._f.sent, channel_kind(batch[0][0][0]))
+            return
         # One increment per kind and batch (a busy loop turn sends many of one kind).
         kinds: dict[str, int] = {}
         for ((channel, _data, _expires), _future), outcome in zip(batch, outcomes, strict=True):
@@ -344,6 +347,10 @@ class Metrics(Recorder):
     def delivered(self, entries: Iterable[tuple[list[str], Any]]) -> None:
         if not isinstance(entries, list):
             return  # an iterator is the receiver's to consume (the faces give lists)
+        if len(entries) == 1:  # the common case: a reply for one connection
+            kind = "reply" if len(entries[0][0]) == 1 else "group"
+            self._count(self._received, self._f.received, kind)
+            return
         groups = sum(1 for channels, _message in entries if len(channels) > 1)
         if groups:
             self._count(self._received, self._f.received, "group", groups)
