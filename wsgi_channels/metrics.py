@@ -28,6 +28,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -527,14 +528,61 @@ def serve(address: str, layer: Any = None, *, multiprocess: bool = False) -> tup
         registry = prometheus_client.REGISTRY
     if layer is not None:
         registry.register(QueueCollector(layer))
+    # One collection now, in this thread: whatever the first scrape would import or
+    # connect (the layer, the Redis client) is done before a process forks.
+    prometheus_client.generate_latest(registry)
     try:
-        server, _thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+        server = _start_server(host, port, prometheus_client.make_wsgi_app(registry))
     except OSError as exc:
         raise ConfigurationError(
             f"cannot serve --metrics on {host}:{port}: {exc.strerror or exc}"
         ) from None
     bound = server.server_address
     return str(bound[0]), int(bound[1])
+
+
+# Held while a scrape is answered and while this process forks, so that a child (a
+# gunicorn worker forked by the master that serves the endpoint) never inherits a lock
+# that a scrape held at that moment, which would hang it.
+_SCRAPE_LOCK = threading.Lock()
+_fork_hooks = False
+
+
+def _start_server(host: str, port: int, app: Callable[..., Any]) -> Any:
+    """prometheus-client's WSGI app on a threaded wsgiref server, scrapes and forks
+    kept apart by _SCRAPE_LOCK (prometheus-client's start_http_server is the same
+    server without the lock)."""
+    import socket
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    global _fork_hooks
+    if not _fork_hooks and hasattr(os, "register_at_fork"):
+        os.register_at_fork(
+            before=_SCRAPE_LOCK.acquire,
+            after_in_parent=_SCRAPE_LOCK.release,
+            after_in_child=_SCRAPE_LOCK.release,
+        )
+        _fork_hooks = True
+
+    def scrape(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        with _SCRAPE_LOCK:
+            return list(app(environ, start_response))
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+        allow_reuse_address = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # no line per scrape on stderr
+
+    server = make_server(host, port, scrape, Server, handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="wsgi-channels-metrics")
+    thread.daemon = True
+    thread.start()
+    return server
 
 
 def process_exit() -> None:
