@@ -545,6 +545,7 @@ def serve(address: str, layer: Any = None, *, multiprocess: bool = False) -> tup
 # gunicorn worker forked by the master that serves the endpoint) never inherits a lock
 # that a scrape held at that moment, which would hang it.
 _SCRAPE_LOCK = threading.Lock()
+SCRAPE_TRIES = 3
 _fork_hooks = False
 
 
@@ -567,7 +568,17 @@ def _start_server(host: str, port: int, app: Callable[..., Any]) -> Any:
 
     def scrape(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         with _SCRAPE_LOCK:
-            return list(app(environ, start_response))
+            for attempt in range(SCRAPE_TRIES):
+                try:
+                    return list(app(environ, start_response))
+                except Exception:
+                    # In multiprocess mode a process that is starting may have made its
+                    # file and not yet written its header: prometheus-client fails to
+                    # read it. The response has not started; read the files again.
+                    if attempt == SCRAPE_TRIES - 1:
+                        raise
+                    time.sleep(0.01)
+            return []  # not reached
 
     class Server(socketserver.ThreadingMixIn, WSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
