@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port, wait_for_port
+from conftest import RedisServer, free_port, wait_for_port
 from servers import REPO, CliProcess, InterfaceProcess, WorkerProcess
 
 from wsgi_channels import metrics
@@ -312,3 +312,36 @@ def test_interface_processes_are_summed_on_one_endpoint(tmp_path: Path) -> None:
         assert "Prometheus metrics of 2 interface processes" in interface.output
     finally:
         assert worker.stop() == 0
+
+
+def test_a_layer_that_goes_away_shows_as_down_and_counts_layer_unavailable(
+    own_redis: RedisServer,
+) -> None:
+    metrics_port = free_port()
+    worker = WorkerProcess(
+        "apps:echo", own_redis.url + "?socket_timeout=1", "--metrics", f"127.0.0.1:{metrics_port}"
+    )
+    with running(worker, metrics_port):
+        assert value(scrape(metrics_port), "wsgi_channels_layer_up") == 1
+        own_redis.stop()
+        samples = eventually(
+            metrics_port,
+            lambda s: value(s, ERRORS, role="worker", error="LayerUnavailable") >= 1,
+        )
+        assert value(samples, ERRORS, role="worker", error="LayerUnavailable") >= 1
+        assert value(samples, "wsgi_channels_layer_up") == 0
+        assert (QUEUE, frozenset({("channel", "http.request")})) not in samples
+
+
+def test_metrics_off_imports_no_prometheus_client() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import wsgi_channels.cli, wsgi_channels.worker, wsgi_channels.interface\n"
+        "import wsgi_channels.gunicorn, wsgi_channels.metrics\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
