@@ -40,11 +40,11 @@ that lack it (``getattr(layer, "receive_batch", None)``), falling back to ``rece
 
 from __future__ import annotations
 
+import base64
 import collections
 import fnmatch
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -227,6 +227,57 @@ def decode_message(data: bytes) -> Message:
     return message
 
 
+class _Forks:
+    """How many times this process was forked from the one that imported us. A
+    layer remembers the generation it was made in and resets its connections when it
+    changes (:meth:`BaseChannelLayer._check_fork`): a counter read instead of a
+    ``getpid()`` system call on every operation."""
+
+    generation = 0
+
+
+_forks = _Forks()
+
+
+class _TokenSource:
+    """128-bit random tokens for channel names, cut from ``os.urandom`` bytes read
+    4 KiB at a time (one system call per 256 names instead of one per name). The
+    buffer is dropped in a forked child, which must not repeat its parent's names."""
+
+    SIZE = 16
+    READ = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            start = self._offset
+            if start + self.SIZE > len(self._buffer):
+                self._buffer, start = os.urandom(self.READ), 0
+            self._offset = start + self.SIZE
+            chunk = self._buffer[start : start + self.SIZE]
+        return base64.urlsafe_b64encode(chunk).rstrip(b"=").decode("ascii")
+
+
+_random_token = _TokenSource()
+
+
+def _after_fork_in_child() -> None:
+    _forks.generation += 1
+    _random_token.reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Record(NamedTuple):
     """One entry popped from a backend queue.
 
@@ -302,7 +353,7 @@ class BaseChannelLayer:
         self._messages_count = 0
         self._channel_full_count = 0
         self._group_full_count = 0
-        self._pid = os.getpid()
+        self._generation = _forks.generation
         # Process queues (``name!``) read by an asyncio face of this very process:
         # a send to one of their channels is handed over without the layer's round
         # trip (see AsyncFace.listen). Keyed by prefix, values take (channel, message).
@@ -315,7 +366,7 @@ class BaseChannelLayer:
         or ``?``) followed by 128 random bits, so it cannot be guessed."""
         if not isinstance(pattern, str) or not pattern.endswith(("!", "?")):
             raise InvalidChannelName(f"new_channel pattern must end in '!' or '?', not {pattern!r}")
-        name = pattern + secrets.token_urlsafe(16)
+        name = pattern + _random_token()
         return validate_channel_name(name)
 
     def get_capacity(self, channel: str) -> int:
@@ -351,9 +402,9 @@ class BaseChannelLayer:
         Called at the start of every operation; a child after ``os.fork()`` gets fresh
         connections on its first call without any action from the user.
         """
-        pid = os.getpid()
-        if pid != self._pid:
-            self._pid = pid
+        generation = _forks.generation
+        if generation != self._generation:
+            self._generation = generation
             self._expanded = {}
             self._expanded_lock = threading.Lock()
             self._stats_lock = threading.Lock()
