@@ -81,6 +81,8 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Receive = Callable[..., tuple[Any, Any]]
 # receive_batch(channels, block, max_messages=n, max_records=n) -> [(channel, message)]
 ReceiveBatch = Callable[..., list[tuple[str, Any]]]
+# send_then_receive([(channel, message)], channels, max_messages) -> (errors, batch)
+SendThenReceive = Callable[..., tuple[list[Any], list[tuple[str, Any]]]]
 
 #: How long a reply may wait on a full reply channel once the response has started
 #: (before that, the message's deadline rules: the interface stops waiting then).
@@ -329,6 +331,8 @@ class Worker:
             MessageTooLarge,
         )
         self._receive_batch: ReceiveBatch | None = getattr(layer, "receive_batch", None)
+        self._send_then_receive: SendThenReceive | None = getattr(layer, "send_then_receive", None)
+        self._local = threading.local()  # each pool thread's rotation of channel orders
         self._take_lock = threading.Lock()
         self._handoff: collections.deque[tuple[str, Any]] = collections.deque()
         self._busy = 0
@@ -443,6 +447,7 @@ class Worker:
         names = self.channels
         orders = [names[i:] + names[:i] for i in range(len(names))]
         rotations = itertools.islice(itertools.cycle(orders), index % len(orders), None)
+        self._local.rotations = rotations
         stopping = self._stopping
         handoff = self._handoff
         # Messages handed off are out of the layer: they are run even when a stop began
@@ -629,6 +634,52 @@ class Worker:
                 )
             time.sleep(min(next(pauses), deadline - now))
 
+    def _send_last(
+        self, channel: str, message: dict[str, Any], deadline: float, request: _Request | None
+    ) -> None:
+        """Send the last reply of a message; when no other thread is taking, take this
+        thread's next message in the same round trip (``send_then_receive``).
+
+        A thread that finds the take lock free knows that no other thread waits for
+        work, so it takes as many messages as there will be free threads once it is
+        done: itself and any idle one. They wait in the hand-off queue, which this
+        thread reads first when it has finished (closing the app's iterable, logging),
+        and any thread that frees up before it may run them. Otherwise, and on layers
+        without ``send_then_receive``, this is :meth:`_send`.
+        """
+        combined = self._send_then_receive
+        rotations = getattr(self._local, "rotations", None)
+        # Messages already taken and waiting in the hand-off: no more until they run.
+        if (
+            combined is None
+            or rotations is None
+            or self._handoff
+            or self._stopping.is_set()
+            or not self._take_lock.acquire(blocking=False)
+        ):
+            self._send(channel, message, deadline, request)
+            return
+        try:
+            with self._count_lock:
+                free = self.threads - self._busy + 1  # this thread, once done
+            results, batch = combined([(channel, message)], next(rotations), free)
+            error = results[0]
+            self._recovered()
+            self._count(batch)
+            self._handoff.extend(batch)
+        except Exception as exc:
+            raise _Abandon(f"the layer refused the reply: {exc!r}") from None
+        finally:
+            self._take_lock.release()
+        if error is None:
+            return
+        if isinstance(error, self._full):
+            self._send(channel, message, deadline, request)  # its retries, as any send
+        elif isinstance(error, self._too_large):
+            raise InvalidResponse(f"the reply is too large for the layer: {error}")
+        else:
+            raise _Abandon(f"the layer refused the reply: {error!r}")
+
     # -- HTTP -------------------------------------------------------------------------
 
     def handle_http(self, message: dict[str, Any]) -> None:
@@ -664,16 +715,19 @@ class Worker:
         if ext and self._control_channel is not None:
             request = self._active[reply_channel] = _Request()
             extra = {CONTROL_KEY: self._control_channel}
-        send = self._send
+        send, send_last = self._send, self._send_last
         started_sending = False
 
         def emit(reply: dict[str, Any]) -> None:
             nonlocal started_sending
+            last = not reply.get("more_content")
             if started_sending:
-                send(reply_channel, reply, time.time() + STALL_TIMEOUT, request)
+                (send_last if last else send)(
+                    reply_channel, reply, time.time() + STALL_TIMEOUT, request
+                )
             else:
                 started_sending = True
-                send(reply_channel, reply, deadline, request)
+                (send_last if last else send)(reply_channel, reply, deadline, request)
 
         translator = ResponseTranslator(emit, method=environ["REQUEST_METHOD"], extra_first=extra)
         status: int | None = None
@@ -817,8 +871,10 @@ class Worker:
             else:
                 replies.append({DONE_KEY: order})
         try:
-            for reply in replies:
+            for reply in replies[:-1]:
                 self._send(reply_channel, reply, deadline, None)
+            if replies:
+                self._send_last(reply_channel, replies[-1], deadline, None)
         except _Abandon as exc:
             log.info("abandoned the replies to %s: %s", channel, exc)
         except InvalidResponse as exc:
