@@ -194,11 +194,16 @@ def peers(peer_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture
 def peer(peers: Peers) -> Iterator[Peers]:
-    """The peers, and after the test: nothing went wrong in the worker."""
-    before = len(peers.worker_output())
+    """The peers, and after the test: nothing went wrong in the worker, and Daphne
+    refused none of its replies (it logs an ERROR for each one it cannot send)."""
+    worker_before = len(peers.worker_output())
+    daphne_before = len(peers.daphne_log.read_text())
     yield peers
-    new = peers.worker_output()[before:]
-    assert " ERROR " not in new and "Traceback" not in new and " WARNING " not in new, new
+    worker = peers.worker_output()[worker_before:]
+    assert " ERROR " not in worker and "Traceback" not in worker, worker
+    assert " WARNING " not in worker, worker
+    daphne = peers.daphne_log.read_text()[daphne_before:]
+    assert " ERROR " not in daphne and "Traceback" not in daphne, daphne
     assert peers.worker.poll() is None and peers.daphne.poll() is None
 
 
