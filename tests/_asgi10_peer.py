@@ -59,6 +59,12 @@ def stream() -> Response:
     return Response((f"{i:04d}\n".encode() for i in range(2000)), content_type="text/plain")
 
 
+@app.get("/big")
+def big() -> Response:
+    """One body larger than an ASGI 1.0 message should be (1 MB): the worker splits it."""
+    return Response(bytes(range(256)) * (3 * 4096), content_type="application/octet-stream")
+
+
 @app.post("/broadcast")
 def broadcast() -> str:
     """Push to every socket in the group from a plain HTTP view, as legacy code does."""

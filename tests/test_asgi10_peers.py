@@ -257,6 +257,13 @@ def test_streamed_response_arrives_in_order(peer: Peers) -> None:
     assert body == b"".join(f"{i:04d}\n".encode() for i in range(2000))
 
 
+def test_a_3_mib_body_arrives_whole(peer: Peers) -> None:
+    status, headers, body = peer.http("GET", "/big")
+    assert status == 200
+    assert headers["Content-Length"] == str(3 * 2**20)
+    assert body == bytes(range(256)) * (3 * 4096)
+
+
 def test_unknown_path_is_the_apps_404(peer: Peers) -> None:
     status, _headers, body = peer.http("GET", "/nowhere")
     assert status == 404
