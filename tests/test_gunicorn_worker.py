@@ -148,6 +148,29 @@ def test_layer_down_at_start_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not pidfile.exists()
 
 
+def test_django_setting_naming_a_layer_down_is_checked_at_start(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    pytest.importorskip("django")
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    (tmp_path / "down_settings.py").write_text(
+        f"from django_project.settings import *\nWSGI_CHANNELS_LAYER = {url!r}\n"
+    )
+    env = env_with_pythonpath(DJANGO_SETTINGS_MODULE="down_settings")
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-k", "wsgi_channels.gunicorn.ChannelWorker",
+         "--bind", f"unix:{tmp_path / 'unused.sock'}", *NO_CONTROL_SOCKET,
+         "django_project.wsgi:application"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"wsgi-channels: error: Redis at {url} is unavailable" in output
+    assert "Booting worker" not in output and "Traceback" not in output
+
+
 def _layer_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if "channel layer" in line]
 
