@@ -20,11 +20,11 @@ Settings used, mapped in :meth:`ChannelWorker.worker_options` only: ``--threads`
 
 A layer that cannot be reached when gunicorn starts ends it as it ends ``wsgi-channels
 worker``: one line, exit status 2, before any worker is forked (the master checks the
-layer that ``WSGI_CHANNELS_LAYER`` or, with ``DJANGO_SETTINGS_MODULE`` in the
-environment, the Django setting names). Workers never exit for an outage: one that
-starts or runs while the layer is down waits for it with the worker's backoff and
-logs through gunicorn's error log, so that gunicorn does not halt when it replaces a
-worker during an outage.
+layer that ``WSGI_CHANNELS_LAYER`` or, with ``DJANGO_SETTINGS_MODULE`` in its
+environment, as ``--preload`` of a Django WSGI module sets it, the Django setting
+names). Workers never exit for an outage: one that starts or runs while the layer is
+down waits for it with the worker's backoff and logs through gunicorn's error log, so
+that gunicorn does not halt when it replaces a worker during an outage.
 """
 
 from __future__ import annotations
