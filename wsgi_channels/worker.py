@@ -870,6 +870,8 @@ class Worker:
                 replies[-1][DONE_KEY] = order
             else:
                 replies.append({DONE_KEY: order})
+        else:
+            replies = _asgi10_close(replies)
         try:
             for reply in replies[:-1]:
                 self._send(reply_channel, reply, deadline, None)
@@ -886,6 +888,8 @@ class Worker:
             if message.get(EXT_KEY):
                 fallback = fallback or [{}]
                 fallback[-1][DONE_KEY] = message.get("order", 0)
+            else:
+                fallback = _asgi10_close(fallback)
             with contextlib.suppress(_Abandon, InvalidResponse):
                 for reply in fallback:
                     self._send(reply_channel, reply, deadline, None)
@@ -917,6 +921,12 @@ class Worker:
             self.layer.send(reply_channel, reply)
         except Exception as send_exc:
             log.info("could not answer the malformed message: %s", send_exc)
+
+
+def _asgi10_close(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """*replies* for an ASGI 1.0 front end: Daphne 1.x closes only with 1000 or
+    3000-4999 (autobahn's rule for endpoints), and leaves the socket open on a 1011."""
+    return [{"close": True} if reply.get("close") == 1011 else reply for reply in replies]
 
 
 def _deadline(message: Mapping[str, Any], now: float) -> float:
