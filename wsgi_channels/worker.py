@@ -55,7 +55,13 @@ from .adapter import (
     websocket_frame,
     websocket_replies,
 )
-from .layers.base import ChannelFull, ChannelsError, ConfigurationError, MessageTooLarge
+from .layers.base import (
+    ChannelFull,
+    ChannelsError,
+    ConfigurationError,
+    LayerUnavailable,
+    MessageTooLarge,
+)
 from .protocol import (
     CONTROL_KEY,
     DEADLINE_KEY,
@@ -515,11 +521,11 @@ class Worker:
             if self._outage_since is None:
                 self._outage_since = now
                 self._outage_next_log = now + 1.0
-                log.warning("the channel layer is unavailable (%s); retrying", exc)
+                log.warning("%s; retrying", _outage_text(exc))
             elif now >= self._outage_next_log:
                 lasted = now - self._outage_since
                 self._outage_next_log = now + lasted
-                log.warning("the channel layer is still unavailable after %.0f s: %s", lasted, exc)
+                log.warning("%s (for %.0f s now)", _outage_text(exc), lasted)
             lasted = now - self._outage_since
         return min(5.0, 0.5 + lasted / 4)
 
@@ -941,6 +947,18 @@ def _deadline(message: Mapping[str, Any], now: float) -> float:
 # Control characters (C0, DEL, C1) in what a client sent would forge or garble
 # access-log lines: they are written as \xNN, and so are a backslash and a quote.
 _LOG_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0xA0))}
+
+
+def _outage_text(exc: BaseException) -> str:
+    """One sentence for a failed receive: our layers' errors say what is unavailable
+    (``Redis at redis://host:6379/0 is unavailable: Connection refused``); others get
+    that said for them."""
+    text = (
+        str(exc)
+        if isinstance(exc, LayerUnavailable)
+        else f"the channel layer is unavailable: {exc!r}"
+    )
+    return text.rstrip(". ")
 
 
 def _log_safe(text: str) -> str:
