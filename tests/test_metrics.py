@@ -345,3 +345,27 @@ def test_metrics_off_imports_no_prometheus_client() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_gunicorn_with_a_metrics_port_in_use_stops_with_one_line(
+    redis_url: str, tmp_path: Path
+) -> None:
+    import socket
+
+    pytest.importorskip("gunicorn")
+    from test_gunicorn_worker import Gunicorn
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = Gunicorn(redis_url, tmp_path, "-e", f"WSGI_CHANNELS_METRICS=127.0.0.1:{port}")
+        try:
+            assert server.proc.wait(30) == 2
+        finally:
+            server.stop()
+    log = server.log.read_text()
+    assert f"wsgi-channels: error: cannot serve --metrics on 127.0.0.1:{port}" in log, log
+    assert "Traceback" not in log
+    assert "Booting worker" not in log
