@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from test_layer_contract import drain
 
 from wsgi_channels.layers.aio import Entry, async_face
 from wsgi_channels.layers.base import ChannelFull, InvalidChannelName, MessageTooLarge
@@ -220,10 +221,11 @@ def test_send_then_receive_sends_and_takes_what_is_waiting(make_layer: Any) -> N
     assert isinstance(results[1], InvalidChannelName)
     assert results[2] is None
     assert layer.receive(["str.out"]) == ("str.out", {"o": 1})
-    # At most max_messages, in order per channel; the rest stays for later.
-    assert len(batch) == 2
+    # At most max_messages (Redis takes them from one channel per trip), in order per
+    # channel; the rest stays for later.
+    assert 1 <= len(batch) <= 2
     taken = [m["i"] for _c, m in batch]
-    rest = [m["i"] for _c, m in layer.receive_batch(["str.in", "str.other"], max_messages=10)]
+    rest = [m["i"] for _c, m in drain(layer, ["str.in", "str.other"])]
     assert sorted(taken + rest) == [0, 1, 2]
     assert [i for i in taken + rest if i < 2] == [0, 1]
     # Nothing waiting: an empty batch at once, never a wait.

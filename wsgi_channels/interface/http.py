@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
@@ -47,6 +48,10 @@ _BAD_GATEWAY = b"Bad Gateway: the application's response was malformed\n"
 _CLOSE = [(b"connection", b"close")]
 
 
+_BAD_NAME = re.compile(rb"[\r\n\0:]").search
+_BAD_VALUE = re.compile(rb"[\r\n\0]").search
+
+
 def malformed_reply(reply: Message) -> str | None:
     """Why the first reply of a response cannot be written as HTTP/1.1, or None.
 
@@ -61,7 +66,7 @@ def malformed_reply(reply: Message) -> str | None:
         for name, value in headers:
             if not isinstance(name, bytes) or not isinstance(value, bytes):
                 return "a header that is not bytes"
-            if any(c in name for c in b"\r\n\0:") or any(c in value for c in b"\r\n\0"):
+            if _BAD_NAME(name) or _BAD_VALUE(value):
                 return "a header with a line break"
             if name.lower() == b"content-length":
                 lengths.add(value.strip())

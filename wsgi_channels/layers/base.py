@@ -210,7 +210,13 @@ def _check_str_keys(value: Any, depth: int = 0) -> None:
                 _check_str_keys(item, depth + 1)
     elif kind is list or kind is tuple:
         for item in value:
-            if isinstance(item, _CONTAINERS):
+            inner = type(item)
+            if inner is list or inner is tuple:
+                # Pairs such as headers: look inside without a call per pair.
+                for element in item:
+                    if isinstance(element, _CONTAINERS):
+                        _check_str_keys(element, depth + 2)
+            elif isinstance(item, _CONTAINERS):
                 _check_str_keys(item, depth + 1)
     elif isinstance(value, (dict, list, tuple)):  # subclasses: walk them the slow way
         items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
