@@ -51,6 +51,14 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def read_log(log: IO[bytes]) -> str:
+    """What a child process wrote so far to *log*, its stdout. Read with pread, which
+    leaves the file offset alone: the offset is shared with the child, whose next
+    writes would land over the start of the log after a seek()."""
+    fd = log.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+
+
 class CliProcess:
     """One ``wsgi-channels`` subcommand running in the background."""
 
@@ -79,8 +87,7 @@ class CliProcess:
         """Everything the process wrote so far (stdout and stderr)."""
         if self._log is None:
             return self._final_output
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
+        return read_log(self._log)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

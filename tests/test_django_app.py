@@ -19,7 +19,7 @@ import pytest
 import requests
 import websockets
 from conftest import free_port, wait_for_port
-from servers import child_env
+from servers import child_env, read_log
 
 pytestmark = pytest.mark.slow
 
@@ -106,8 +106,7 @@ class Manage:
 
     @property
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
+        return read_log(self.log)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -18,7 +18,7 @@ import pytest
 import requests
 import websockets
 from conftest import free_port, wait_for_port
-from servers import child_env
+from servers import child_env, read_log
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +59,7 @@ class Flask:
 
     @property
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
+        return read_log(self.log)
 
     def stop(self) -> int:
         if self.process.poll() is None:
