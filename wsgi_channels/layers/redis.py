@@ -1059,6 +1059,8 @@ class RedisChannelLayer(BaseChannelLayer):
         for attempt in (0, 1):
             written = False
             try:
+                if shard.sentinel is not None and conn._sock is None:
+                    conn.connect()  # asks the sentinels (sending would not)
                 conn.send_command(*args)
                 written = True
                 return conn.read_response()
@@ -1183,6 +1185,8 @@ class RedisChannelLayer(BaseChannelLayer):
         for attempt in (0, 1):
             written = False
             try:
+                if shard.sentinel is not None and conn._sock is None:
+                    conn.connect()  # asks the sentinels (sending would not)
                 conn.send_packed_command(conn.pack_commands(batch))
                 written = True
                 got: list[Any] = []
@@ -1706,6 +1710,8 @@ class _AsyncConnection:
         for attempt in (0, 1):
             written = False
             try:
+                if self.shard.sentinel is not None and not conn.is_connected:
+                    await conn.connect()  # asks the sentinels (sending would not)
                 if single:
                     await conn.send_command(*batch[0])
                     written = True
