@@ -24,8 +24,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -361,3 +362,117 @@ def sentinel_url(redis_sentinel: SentinelSet) -> str:
         redis_sentinel.heal()
     redis_sentinel.flushall()
     return redis_sentinel.url
+
+
+# -- a failover under load ----------------------------------------------------------------
+
+
+def failover_under_load(
+    url: str,
+    kill: Callable[[], int],
+    promoted: Callable[[int], bool],
+    *,
+    settle: float = 6.0,
+) -> dict[str, Any]:
+    """Serve HTTP, WebSocket echoes and a stream of group messages through an
+    interface and two workers on *url*; call *kill* (it returns the killed port) and
+    poll ``promoted(port)`` until the replica took over; keep the load on *settle*
+    seconds more; return the figures (requests answered and failed, group messages
+    sent, lost and delivered twice, when service was back)."""
+    import asyncio
+
+    import websockets
+    from _faults import HttpLoad, ReconnectingEcho, http_get, summary
+    from servers import InterfaceProcess, WorkerProcess
+
+    from wsgi_channels.layers import ChannelsError, layer_from_url
+
+    interface = InterfaceProcess(url, "--http-timeout", "3")
+    workers = [WorkerProcess("apps:echo", url), WorkerProcess("apps:echo", url)]
+    processes: list[Any] = [*workers, interface]
+    layer = layer_from_url(url)
+    received: list[str] = []
+    sent: list[int] = []
+    send_errors: list[str] = []
+    stop = threading.Event()
+    joined = threading.Event()
+
+    async def listen() -> None:
+        async with websockets.connect(f"{interface.ws_url}/ws/group?name=ticks") as ws:
+            joined.set()
+            while not stop.is_set():
+                try:
+                    received.append(str(await asyncio.wait_for(ws.recv(), 0.5)))
+                except TimeoutError:
+                    continue
+
+    def send_ticks() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                layer.send_group("ticks", {"text": str(n)})
+                sent.append(n)
+            except ChannelsError as exc:
+                send_errors.append(type(exc).__name__)
+            stop.wait(0.02)
+
+    try:
+        for process in processes:
+            process.start()
+        _wait(lambda: http_get(interface.port, "/ready", 2.0).status == 200, 20, "no answer")
+        listener = threading.Thread(target=asyncio.run, args=(listen(),), daemon=True)
+        listener.start()
+        _wait(lambda: bool(layer.group_channels("ticks")), 10, "the socket joined no group")
+        ticker = threading.Thread(target=send_ticks, daemon=True)
+        with (
+            HttpLoad(interface.port, "/load", concurrency=4, timeout=5.0) as load,
+            ReconnectingEcho(interface.ws_url + "/ws/echo") as echo,
+        ):
+            ticker.start()
+            time.sleep(2.0)
+            killed_at = time.monotonic()
+            port = kill()
+            _wait(lambda: promoted(port), 30, "no replica was promoted")
+            promoted_at = time.monotonic()
+            time.sleep(settle)
+            stop.set()
+            ticker.join(5)
+        listener.join(5)
+        results = load.results
+        alive = all(p.alive() for p in processes)
+    finally:
+        stop.set()
+        for process in reversed(processes):
+            process.stop()
+        layer.close()
+    failed = [r for r in results if r.status != 200]
+    back_at = max((r.end for r in failed), default=killed_at)
+    counts: dict[str, int] = {}
+    for text in received:
+        counts[text] = counts.get(text, 0) + 1
+    return {
+        "processes_alive": alive,
+        "requests": summary(results),
+        "answered": len(results) - len(failed),
+        "failed": len(failed),
+        "requests_after_recovery": sum(1 for r in results if r.start > back_at),
+        "hung": sum(1 for r in results if r.status is None),
+        "promoted_after_s": round(promoted_at - killed_at, 2),
+        "recovery_after_promotion_s": round(max(0.0, back_at - promoted_at), 2),
+        "outage_s": round(max(0.0, back_at - killed_at), 2),
+        "group_sent": len(sent),
+        "group_send_refused": len(send_errors),
+        "group_lost": len(set(map(str, sent)) - set(counts)),
+        "delivered_twice": sum(1 for c in counts.values() if c > 1),
+        "ws_echoes": len(echo.echoes),
+        "ws_echo_failures": summary_of(echo.failures),
+        "ws_connections": echo.connections,
+    }
+
+
+def summary_of(failures: list[tuple[float, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _when, name in failures:
+        counts[name] = counts.get(name, 0) + 1
+    return counts

@@ -110,8 +110,10 @@ DEFAULT_PREFIX = "wsgi_channels"
 #: How long one BLPOP waits on one server (or slot) when a receive spans several
 #: (there is no blocking pop across them, so the receive turns round in slices).
 SHARD_SLICE = 0.05
-#: Most redirections (MOVED, ASK, TRYAGAIN) one command follows before giving up.
-MAX_REDIRECTS = 5
+#: Most redirections (MOVED, ASK, TRYAGAIN) one command follows before giving up
+#: (redis-py's cluster client allows 16 too); from the third on, each waits a little
+#: longer, as a slot being handed over can bounce a command between two nodes.
+MAX_REDIRECTS = 16
 #: Least time between two reads of a cluster's slot map after failures.
 SLOT_MAP_REFRESH = 0.1
 
@@ -1085,6 +1087,10 @@ class RedisChannelLayer(BaseChannelLayer):
                 if asking:
                     self._send_and_read(shard, ("ASKING",), True)
                 return self._send_and_read(shard, args, retry)
+            except redis.exceptions.NoScriptError:
+                # A restarted server, or a node the command was redirected to.
+                self._send_and_read(shard, ("SCRIPT", "LOAD", self._scripts[args[1]].script), True)
+                continue
             except redis.exceptions.MovedError as exc:
                 if self._slot_map is None:
                     raise
@@ -1097,7 +1103,9 @@ class RedisChannelLayer(BaseChannelLayer):
                 shard = self._slot_map.node(exc.host, exc.port)
                 asking = True
             except redis.exceptions.TryAgainError:
-                time.sleep(0.01 * (attempt + 1))
+                pass
+            if attempt >= 1:
+                time.sleep(0.005 * attempt)
         raise redis.exceptions.ClusterError(f"more than {MAX_REDIRECTS} redirections")
 
     def _run(
@@ -1113,15 +1121,7 @@ class RedisChannelLayer(BaseChannelLayer):
         after a restart emptied the server's script cache). *retry*: whether running
         it twice is harmless (see :meth:`_send_and_read`); sends say no."""
         try:
-            try:
-                return self._execute(
-                    shard, "EVALSHA", script.sha, len(keys), *keys, *args, retry=retry
-                )
-            except redis.exceptions.NoScriptError:
-                self._execute(shard, "SCRIPT", "LOAD", script.script)
-                return self._execute(
-                    shard, "EVALSHA", script.sha, len(keys), *keys, *args, retry=retry
-                )
+            return self._execute(shard, "EVALSHA", script.sha, len(keys), *keys, *args, retry=retry)
         except redis.RedisError as exc:
             raise self._error(shard, exc) from exc
 
@@ -1162,8 +1162,7 @@ class RedisChannelLayer(BaseChannelLayer):
         not run (NOSCRIPT, a redirection), else the error as a ChannelsError."""
         try:
             if isinstance(error, redis.exceptions.NoScriptError):
-                self._execute(shard, "SCRIPT", "LOAD", self._scripts[args[1]].script)
-                return self._execute(shard, *args, retry=retry)
+                return self._execute(shard, *args, retry=retry)  # loads it first
             if self._slot_map is not None and isinstance(
                 error, redis.exceptions.AskError | redis.exceptions.TryAgainError
             ):
@@ -1798,9 +1797,10 @@ class RedisFace(AsyncFace):
                             await conn.execute(("ASKING",))
                         return await conn.execute(args, retry)
                 except redis.exceptions.NoScriptError:
+                    # A restarted server, or a node the command was redirected to.
                     async with conn.lock:
                         await conn.execute(("SCRIPT", "LOAD", layer._scripts[args[1]].script))
-                        return await conn.execute(args, retry)
+                    continue
                 except redis.exceptions.MovedError as exc:
                     if slot_map is None:
                         raise
@@ -1811,7 +1811,9 @@ class RedisFace(AsyncFace):
                         raise
                     shard, asking = slot_map.node(exc.host, exc.port), True
                 except redis.exceptions.TryAgainError:
-                    await asyncio.sleep(0.01 * (attempt + 1))
+                    pass
+                if attempt >= 1:
+                    await asyncio.sleep(0.005 * attempt)
             raise redis.exceptions.ClusterError(f"more than {MAX_REDIRECTS} redirections")
         except (redis.RedisError, OSError) as exc:
             raise self._unavailable(shard, exc) from exc
