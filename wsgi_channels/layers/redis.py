@@ -913,9 +913,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 sentinel_kwargs["username"] = self._sentinel_options["sentinel_username"]
             if self._sentinel_options.get("sentinel_password"):
                 sentinel_kwargs["password"] = self._sentinel_options["sentinel_password"]
-            for key in (*_SSL_OPTIONS, "connection_class"):
-                if key in first:
-                    sentinel_kwargs[key] = first[key]
+            if first.get("connection_class") is redis.SSLConnection:
+                # Sentinels over TLS too (redis.Redis takes ssl=, not a class).
+                sentinel_kwargs["ssl"] = True
+                for key in _SSL_OPTIONS:
+                    if key in first:
+                        sentinel_kwargs[key] = first[key]
             hosts = ",".join(f"{h}:{p}" for h, p in addresses)
             scheme = "rediss" if self.hosts[0].startswith("rediss") else "redis"
             masked = f"{scheme}+sentinel://{hosts}/{self.sentinel} (master)"
@@ -1312,6 +1315,8 @@ class RedisChannelLayer(BaseChannelLayer):
         """The queues to read for *names*, grouped by server and slot (cached per name
         list until a cluster's slots move)."""
         key = tuple(names)
+        if self._slot_map is not None and self._slot_map.stale:
+            self._slot_map.refresh()  # a node failed: its slots may have a new master
         routing = self._routing()
         cached = self._plans.get(key)
         if cached is not None and cached[0] == routing:
@@ -1678,8 +1683,7 @@ class _AsyncConnection:
             self.conn = connection_class(**kwargs)
             return
         service, addresses, sentinel_kwargs = shard.sentinel
-        sentinel_class, sentinel_kwargs = _async_kwargs(sentinel_kwargs)
-        sentinel_kwargs["connection_class"] = sentinel_class
+        sentinel_kwargs = {**sentinel_kwargs, "retry": AsyncRetry(NoBackoff(), 0)}
         manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             addresses, sentinel_kwargs=sentinel_kwargs, **sentinel_kwargs
         )
@@ -1688,7 +1692,8 @@ class _AsyncConnection:
         if connection_class is redis.asyncio.SSLConnection:
             kwargs["connection_class"] = redis.asyncio.sentinel.SentinelManagedSSLConnection
         pool = redis.asyncio.sentinel.SentinelConnectionPool(service, manager, **kwargs)  # type: ignore[no-untyped-call]
-        self.pool = pool
+        self.pool = pool  # the connection holds only a weak reference to it
+        self.sentinels: list[Any] = list(manager.sentinels)
         self.conn = pool.connection_class(**pool.connection_kwargs)
 
     async def execute(self, args: tuple[Any, ...], retry: bool = True) -> Any:
@@ -1736,6 +1741,9 @@ class _AsyncConnection:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.conn.disconnect(nowait=True)
+        for client in getattr(self, "sentinels", ()):
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     def abort(self) -> None:
         """Cut the socket now, from outside any task (shutdown)."""
