@@ -1129,24 +1129,31 @@ class RedisChannelLayer(BaseChannelLayer):
             raise self._error(shard, exc) from exc
 
     def _run_batch(self, commands: list[_Command], *, retry: bool = True) -> list[Any]:
-        """Run *commands* (EVALSHA or plain), one round trip per server: each server's
-        are written at once, then their replies read. Returns each reply, or the
-        ChannelsError that refused it, in order. Replies that need more (NOSCRIPT, a
-        redirection) are followed up one by one."""
+        """Run *commands* (EVALSHA or plain) in one round trip, whatever the number of
+        servers: each server's are written at once, to every server before any reply
+        is read. Returns each reply, or the ChannelsError that refused it, in order.
+        Replies that need more (NOSCRIPT, a redirection) are followed up one by one."""
         by_shard: dict[int, tuple[_Shard, list[int]]] = {}
         for index, (shard, _args) in enumerate(commands):
             by_shard.setdefault(id(shard), (shard, []))[1].append(index)
         replies: list[Any] = [None] * len(commands)
+        sent: list[tuple[_Shard, list[int], list[tuple[Any, ...]], Any]] = []
         for shard, indexes in by_shard.values():
             batch = [commands[i][1] for i in indexes]
             try:
-                if len(batch) == 1:
-                    try:
-                        got = [self._send_and_read(shard, batch[0], retry)]
-                    except redis.ResponseError as exc:
-                        got = [exc]
-                else:
-                    got = self._pipeline(shard, batch, retry)
+                sent.append((shard, indexes, batch, self._write(shard, batch)))
+            except redis.RedisError as exc:
+                error = self._error(shard, exc)
+                for index in indexes:
+                    replies[index] = error
+        for shard, indexes, batch, conn in sent:
+            try:
+                try:
+                    got = self._read(conn, len(batch))
+                except redis.ConnectionError:
+                    if not retry:
+                        raise
+                    got = self._read(self._write(shard, batch), len(batch))
             except redis.RedisError as exc:
                 error = self._error(shard, exc)
                 for index in indexes:
@@ -1157,6 +1164,40 @@ class RedisChannelLayer(BaseChannelLayer):
                     reply = self._follow_up(shard, args, reply, retry)
                 replies[index] = reply
         return replies
+
+    @staticmethod
+    def _write(shard: _Shard, batch: list[tuple[Any, ...]]) -> Any:
+        """Write *batch* at once on this thread's connection to *shard* (once more on a
+        new connection if it could not be written: then it did not run); returns the
+        connection to read the replies from."""
+        conn = shard.connection()
+        for attempt in (0, 1):
+            try:
+                if shard.sentinel is not None and conn._sock is None:
+                    conn.connect()  # asks the sentinels (sending would not)
+                conn.send_packed_command(conn.pack_commands(batch))
+                return conn
+            except BaseException as exc:
+                conn.disconnect()
+                if attempt or not isinstance(exc, redis.ConnectionError):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _read(conn: Any, count: int) -> list[Any]:
+        """*count* replies (an error reply as its exception); any other failure leaves
+        the connection's state unknown, so it is dropped."""
+        got: list[Any] = []
+        try:
+            for _ in range(count):
+                try:
+                    got.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    got.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        return got
 
     def _follow_up(
         self, shard: _Shard, args: tuple[Any, ...], error: redis.ResponseError, retry: bool
@@ -1177,32 +1218,6 @@ class RedisChannelLayer(BaseChannelLayer):
             return exc
         except redis.RedisError as exc:
             return self._error(shard, exc)
-
-    @staticmethod
-    def _pipeline(shard: _Shard, batch: list[tuple[Any, ...]], retry: bool) -> list[Any]:
-        """Write *batch* at once on *shard* and read every reply (an error reply is
-        returned as its exception). Sent again on a new connection only where the
-        first could not be written or *retry* allows (see :meth:`_send_and_read`)."""
-        conn = shard.connection()
-        for attempt in (0, 1):
-            written = False
-            try:
-                if shard.sentinel is not None and conn._sock is None:
-                    conn.connect()  # asks the sentinels (sending would not)
-                conn.send_packed_command(conn.pack_commands(batch))
-                written = True
-                got: list[Any] = []
-                for _ in batch:
-                    try:
-                        got.append(conn.read_response())
-                    except redis.ResponseError as exc:
-                        got.append(exc)
-                return got
-            except BaseException as exc:
-                conn.disconnect()
-                if attempt or not isinstance(exc, redis.ConnectionError) or (written and not retry):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- storage hooks ------------------------------------------------------------
 
@@ -1299,7 +1314,10 @@ class RedisChannelLayer(BaseChannelLayer):
         return [e.outcome if e.outcome is not None else False for e in entries]
 
     def _push_entries(self, entries: list[_Send]) -> None:
-        """Send *entries*: one round trip per server (their scripts written at once)."""
+        """Send *entries* in one round trip: one script per slot, every server's
+        written before any reply is read."""
+        commands: list[_Command] = []
+        carried: list[list[_Send]] = []
         by_shard: dict[int, tuple[_Shard, list[_Send]]] = {}
         for entry in entries:
             try:
@@ -1309,7 +1327,22 @@ class RedisChannelLayer(BaseChannelLayer):
                 continue
             by_shard.setdefault(id(shard), (shard, []))[1].append(entry)
         for shard, batch in by_shard.values():
-            self._send_batch(shard, batch)
+            for sent, args in self._send_commands(shard, batch):
+                commands.append((shard, args))
+                carried.append(sent)
+        try:
+            replies = self._run_batch(commands, retry=False)
+        except BaseException:
+            for sent in carried:
+                for entry in sent:
+                    entry.outcome = LayerUnavailable("send interrupted")
+            raise
+        for sent, reply in zip(carried, replies, strict=True):
+            for entry, pushed in zip(
+                sent, [reply] * len(sent) if isinstance(reply, ChannelsError) else reply,
+                strict=True,
+            ):  # fmt: skip
+                entry.outcome = pushed if isinstance(pushed, ChannelsError) else bool(pushed)
 
     def _plan(self, names: list[str]) -> _Plan:
         """The queues to read for *names*, grouped by server and slot (cached per name
