@@ -478,12 +478,14 @@ class _Shard:
         # Every thread's connection, so that close() can reach them all.
         self.opened: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    def connection(self) -> Any:
+    def connection(self, *, check: bool = False) -> Any:
         """This thread's connection (made on first use; it reconnects by itself).
 
-        A connection the server closed meanwhile (a restart, ``CLIENT KILL``, a
-        timeout) is dropped here, before a command is written to it: the command then
-        goes out on a new one, where it runs exactly once."""
+        With *check*, a connection the server closed meanwhile (a restart, ``CLIENT
+        KILL``, a timeout) is dropped here, before a command is written to it: the
+        command then goes out on a new one, where it runs exactly once. Sends ask for
+        that (a send cut on the wire is not sent again); other commands are sent again
+        when their reply is lost, so they skip the ``poll`` it costs."""
         local = self.local
         conn = getattr(local, "conn", None)
         if conn is None:
@@ -491,7 +493,7 @@ class _Shard:
             conn = pool.connection_class(**pool.connection_kwargs)
             local.conn = conn
             self.opened.add(conn)
-        elif _closed_by_server(conn):
+        elif check and _closed_by_server(conn):
             conn.disconnect()
         return conn
 
@@ -1060,7 +1062,7 @@ class RedisChannelLayer(BaseChannelLayer):
         is sent once more on a new connection, since it did not run; one whose reply
         was lost with the connection only if *retry* says running it twice is
         harmless. Timeouts are never retried: the server may be stuck."""
-        conn = shard.connection()
+        conn = shard.connection(check=not retry)
         for attempt in (0, 1):
             written = False
             try:
@@ -1141,7 +1143,7 @@ class RedisChannelLayer(BaseChannelLayer):
         for shard, indexes in by_shard.values():
             batch = [commands[i][1] for i in indexes]
             try:
-                sent.append((shard, indexes, batch, self._write(shard, batch)))
+                sent.append((shard, indexes, batch, self._write(shard, batch, not retry)))
             except redis.RedisError as exc:
                 error = self._error(shard, exc)
                 for index in indexes:
@@ -1153,7 +1155,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 except redis.ConnectionError:
                     if not retry:
                         raise
-                    got = self._read(self._write(shard, batch), len(batch))
+                    got = self._read(self._write(shard, batch, False), len(batch))
             except redis.RedisError as exc:
                 error = self._error(shard, exc)
                 for index in indexes:
@@ -1166,11 +1168,11 @@ class RedisChannelLayer(BaseChannelLayer):
         return replies
 
     @staticmethod
-    def _write(shard: _Shard, batch: list[tuple[Any, ...]]) -> Any:
+    def _write(shard: _Shard, batch: list[tuple[Any, ...]], check: bool) -> Any:
         """Write *batch* at once on this thread's connection to *shard* (once more on a
         new connection if it could not be written: then it did not run); returns the
-        connection to read the replies from."""
-        conn = shard.connection()
+        connection to read the replies from. *check*: see :meth:`_Shard.connection`."""
+        conn = shard.connection(check=check)
         for attempt in (0, 1):
             try:
                 if shard.sentinel is not None and conn._sock is None:
