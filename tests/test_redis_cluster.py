@@ -83,6 +83,20 @@ def test_bad_cluster_urls_are_refused_without_the_password(url: str, message: st
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster"])
+def test_a_cluster_nobody_answers_for_is_unavailable_naming_no_password(scheme: str) -> None:
+    from conftest import free_port
+
+    from wsgi_channels.layers import LayerUnavailable
+
+    layer = layer_from_url(f"{scheme}://:s3cret@127.0.0.1:{free_port()}?ssl_cert_reqs=none"
+                           if scheme.startswith("rediss") else
+                           f"{scheme}://:s3cret@127.0.0.1:{free_port()}")  # fmt: skip
+    with pytest.raises(LayerUnavailable, match="no node of the Redis Cluster") as info:
+        layer.send("x", {})
+    assert "s3cret" not in str(info.value)
+
+
 # -- the key layout on a cluster ----------------------------------------------------
 
 

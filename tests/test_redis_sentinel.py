@@ -29,6 +29,12 @@ def test_sentinel_url_names_sentinels_service_and_database() -> None:
     assert layer._pool_kwargs[0]["db"] == 2 and layer._pool_kwargs[0]["password"] == "s3cret"
     assert layer._sentinel_options == {"sentinel_password": "sp"}
     assert "s3cret" not in repr(layer) and "sp" not in "".join(layer.hosts)
+    # Connections ask the sentinels for the master, over TLS too.
+    managed = redis.sentinel.SentinelManagedConnection
+    assert layer._shards[0].pool.connection_class is managed
+    tls = layer_from_url("rediss+sentinel://a/mymaster?ssl_cert_reqs=none")
+    assert isinstance(tls, RedisChannelLayer)
+    assert tls._shards[0].pool.connection_class is redis.sentinel.SentinelManagedSSLConnection
 
 
 @pytest.mark.parametrize(

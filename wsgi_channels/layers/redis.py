@@ -472,6 +472,10 @@ class _Shard:
                 addresses, sentinel_kwargs=sentinel_kwargs, **sentinel_kwargs
             )
             kwargs = {k: v for k, v in pool_kwargs.items() if k not in ("host", "port")}
+            # Connections that ask the sentinels where the master is (a plain class
+            # would connect to the default address instead).
+            if kwargs.pop("connection_class", None) is redis.SSLConnection:
+                kwargs["connection_class"] = redis.sentinel.SentinelManagedSSLConnection
             self.pool = redis.sentinel.SentinelConnectionPool(service, manager, **kwargs)  # type: ignore[no-untyped-call]
         self.client: redis.Redis = redis.Redis(connection_pool=self.pool)
         self.local = threading.local()
@@ -573,7 +577,8 @@ class _SlotMap:
             for host, port in [*self.known, *self.seeds]:
                 kwargs = {**self.node_kwargs, "host": host, "port": port}
                 kwargs["socket_timeout"] = min(kwargs.get("socket_timeout", 2.0), 2.0)
-                client = redis.Redis(**kwargs)
+                # Through a pool: redis.Redis() takes no connection class (TLS).
+                client = redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
                 try:
                     reply = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
                 except (redis.RedisError, OSError) as exc:
