@@ -1829,13 +1829,14 @@ class RedisFace(AsyncFace):
             return self.layer._error(shard, exc)
         return LayerUnavailable(f"Redis at {shard.masked} is unavailable: {exc}")
 
-    async def _call(self, shard: _Shard, args: tuple[Any, ...], retry: bool = True) -> Any:
+    async def _call(
+        self, shard: _Shard, args: tuple[Any, ...], retry: bool = True, *, asking: bool = False
+    ) -> Any:
         """One command, following a cluster's redirections (see
         :meth:`RedisChannelLayer._execute`) and loading a script the server lacks;
-        raises ChannelsError."""
+        raises ChannelsError. *asking*: *shard* is importing the keys' slot (ASK)."""
         layer = self.layer
         slot_map = layer._slot_map
-        asking = False
         try:
             for attempt in range(MAX_REDIRECTS):
                 conn = self._connection(shard)
@@ -2000,12 +2001,49 @@ class RedisFace(AsyncFace):
                     if reply is None:
                         return []
                     queue, raws = by_key[reply[0]], [reply[1]]
+        except redis.exceptions.MovedError:
+            # The slot has moved (a resharding): the drain reads the new map first.
+            if layer._slot_map is None:
+                raise
+            layer._slot_map.stale = True
+            return []
+        except redis.exceptions.AskError as exc:
+            if layer._slot_map is None:
+                raise
+            target = layer._slot_map.node(exc.host, exc.port)
+            queue, raws = await self._pop_migrating(target, keys, by_key, count)
         except (redis.RedisError, OSError) as exc:
             if layer._slot_map is not None:
-                layer._slot_map.stale = True  # a MOVED too: the slot went elsewhere
+                layer._slot_map.stale = True  # the node may have failed over
             raise self._unavailable(conn.shard, exc) from exc
         now = layer._stamp(time.time())
         return [layer._record(queue, raw) for raw in raws if raw[:13] > now]
+
+    async def _pop_migrating(
+        self,
+        target: _Shard,
+        keys: list[str],
+        by_key: dict[bytes, str],
+        count: int,
+    ) -> tuple[str, list[bytes]]:
+        """Pop from a slot in migration whose keys are already on *target*: without
+        blocking (that would hold the connection the face's sends share), pausing
+        :data:`SHARD_SLICE` when nothing is there, until the slot's move completes."""
+        layer = self.layer
+        if layer._has_lmpop:
+            reply = await self._call(
+                target, ("LMPOP", len(keys), *keys, "LEFT", "COUNT", count), asking=True
+            )
+            if reply is not None:
+                return by_key[reply[0]], list(reply[1])
+        else:
+            script = layer._pop_script
+            args = ("EVALSHA", script.sha, len(keys), *keys, layer._stamp(time.time()))
+            reply = await self._call(target, args, asking=True)
+            if reply is not None:
+                return by_key[reply[0]], [reply[1]]
+        await asyncio.sleep(SHARD_SLICE)
+        return "", []
 
     async def _entries(self, records: list[Record]) -> list[Entry]:
         """Decode *records*; a group record becomes one entry with its local members,
