@@ -123,22 +123,87 @@ def test_max_requests_recycles_the_worker(gunicorn: Any) -> None:
     assert server.pid() != pids[0]  # the fourth waits in the layer for the new worker
 
 
-def test_layer_down_at_start_is_one_line_and_an_exit(tmp_path: Path) -> None:
+def test_layer_down_at_start_is_one_line_and_exit_2(tmp_path: Path) -> None:
     from conftest import free_port
 
-    # A Redis URL nobody listens on: the child says so once and gunicorn stops,
-    # instead of "taking messages" and then retrying forever.
+    # A Redis URL nobody listens on: as `wsgi-channels worker`, gunicorn says so once
+    # and exits 2, before it forks (with several workers gunicorn 27's own halt would
+    # otherwise end in a traceback and status 1).
     url = f"redis://127.0.0.1:{free_port()}/0"
-    server = Gunicorn(url, tmp_path)
+    pidfile = tmp_path / "gunicorn.pid"
+    server = Gunicorn(url, tmp_path, "--workers", "3", "--pid", str(pidfile))
     try:
         code = server.proc.wait(30)
     finally:
         server.stop()
     output = server.log.read_text()
-    assert code != 0
-    assert "taking messages" not in output
-    assert output.count("is unreachable") == 1, output
+    assert code == 2, output
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1, output
+    # The line `wsgi-channels worker` prints, in gunicorn's format.
+    assert "[ERROR] wsgi-channels: error: " in errors[0]
+    assert f"Redis at {url} is unavailable" in errors[0]
+    assert "Booting worker" not in output and "taking messages" not in output
     assert "Traceback" not in output, output
+    assert not pidfile.exists()
+
+
+def test_django_setting_naming_a_layer_down_is_checked_at_start(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    pytest.importorskip("django")
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    (tmp_path / "down_settings.py").write_text(
+        f"from django_project.settings import *\nWSGI_CHANNELS_LAYER = {url!r}\n"
+    )
+    env = env_with_pythonpath(DJANGO_SETTINGS_MODULE="down_settings")
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-k", "wsgi_channels.gunicorn.ChannelWorker",
+         "--bind", f"unix:{tmp_path / 'unused.sock'}", *NO_CONTROL_SOCKET,
+         "django_project.wsgi:application"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"wsgi-channels: error: Redis at {url} is unavailable" in output
+    assert "Booting worker" not in output and "Traceback" not in output
+
+
+def _layer_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "channel layer" in line]
+
+
+@pytest.mark.slow
+def test_outage_while_running_backs_off_in_formatted_lines(own_redis: Any, tmp_path: Path) -> None:
+    server = Gunicorn(own_redis.url, tmp_path)
+    try:
+        first = server.pid()
+        own_redis.stop()
+        time.sleep(1.0)
+        # A worker replaced during the outage (killed, timed out, recycled) waits for
+        # the layer: gunicorn does not halt as for a worker that failed to boot.
+        os.kill(first, signal.SIGKILL)
+        time.sleep(3.0)
+        assert server.proc.poll() is None, server.log.read_text()
+        own_redis.start()
+        second = wait_for_new_pid(server, first, timeout=20)
+        assert request(server.layer, "GET", "/hello").body == b"hello"
+    finally:
+        server.stop()
+    output = server.log.read_text()
+    assert server.proc.returncode == 0, output
+    assert "Traceback" not in output, output
+    lines = _layer_lines(output)
+    # gunicorn's format, from the worker's process, backing off (one line when an
+    # outage begins, one each time its length doubles, one when it ends), not two
+    # bare lines a second from each thread.
+    assert lines, output
+    assert all(f"] [{first}] [" in line or f"] [{second}] [" in line for line in lines), lines
+    assert all(line.startswith("[") and "[WARNING]" in line for line in lines), lines
+    assert any("reachable again" in line for line in lines), lines
+    assert len(lines) <= 8, lines
 
 
 def test_needs_no_bind_and_leaves_port_8000_to_the_interface(
@@ -178,4 +243,8 @@ def test_needs_no_bind_and_leaves_port_8000_to_the_interface(
         layer.close()
     output = log.read_text()
     assert "Connection in use" not in output
-    assert "unix:" in output
+    listening = next(line for line in output.splitlines() if "Listening at: unix:" in line)
+    # The private socket's directory goes with the master.
+    directory = Path(listening.split("unix:")[1].split()[0]).parent
+    assert directory.name.startswith("wsgi-channels-gunicorn-")
+    assert not directory.exists()

@@ -1250,3 +1250,22 @@ def test_discard_channel_leaves_every_group(layer: Any) -> None:
     layer.send_group("g1", {"n": 1})
     batch = layer.receive_batch(["contract.proc!"], max_messages=10)
     assert [c for c, _m in batch] == [other]
+
+
+def test_forked_child_makes_names_its_parent_does_not(make_layer: Any) -> None:
+    layer = make_layer()
+    layer.new_channel("warm!")  # the parent has random bytes buffered before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write_end, "\n".join(layer.new_channel("n!") for _ in range(50)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = set(pipe.read().decode().split("\n"))
+    os.waitpid(pid, 0)
+    parent = {layer.new_channel("n!") for _ in range(50)}
+    assert len(child) == 50
+    assert not child & parent

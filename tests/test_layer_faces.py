@@ -202,3 +202,49 @@ def test_concurrent_thread_sends_all_arrive(layer: Any) -> None:
     for k in range(8):  # each thread's sends keep their order
         mine = [v for v in got if v // 1000 == k]
         assert mine == sorted(mine)
+
+
+def test_send_then_receive_sends_and_takes_what_is_waiting(make_layer: Any) -> None:
+    layer = make_layer(capacity=2, expiry=1)
+    for i in range(3):
+        layer.send("str.in" if i < 2 else "str.other", {"i": i})
+    layer.send("str.reply", {"r": 0})
+    layer.send("str.reply", {"r": 1})
+    results, batch = layer.send_then_receive(
+        [("str.reply", {"r": 2}), ("bad name", {}), ("str.out", {"o": 1})],
+        ["str.in", "str.other"],
+        max_messages=2,
+    )
+    # A send refused (full, bad name) does not stop the others nor the receive.
+    assert isinstance(results[0], ChannelFull)
+    assert isinstance(results[1], InvalidChannelName)
+    assert results[2] is None
+    assert layer.receive(["str.out"]) == ("str.out", {"o": 1})
+    # At most max_messages, in order per channel; the rest stays for later.
+    assert len(batch) == 2
+    taken = [m["i"] for _c, m in batch]
+    rest = [m["i"] for _c, m in layer.receive_batch(["str.in", "str.other"], max_messages=10)]
+    assert sorted(taken + rest) == [0, 1, 2]
+    assert [i for i in taken + rest if i < 2] == [0, 1]
+    # Nothing waiting: an empty batch at once, never a wait.
+    started = time.monotonic()
+    results, batch = layer.send_then_receive([("str.reply2", {"r": 3})], ["str.in"], 4)
+    assert (results, batch) == ([None], [])
+    assert time.monotonic() - started < 0.5
+    assert layer.receive(["str.reply2"]) == ("str.reply2", {"r": 3})
+    # Expired messages are never returned.
+    layer.send("str.in", {"i": "old"})
+    time.sleep(1.1)
+    assert layer.send_then_receive([], ["str.in"], 4) == ([], [])
+
+
+def test_send_then_receive_expands_group_messages_for_local_members(make_layer: Any) -> None:
+    layer = make_layer()
+    for member in ("str.proc!a", "str.proc!b", "str.proc!c"):
+        layer.group_add("str.g", member)
+    layer.send_group("str.g", {"g": 1})
+    results, batch = layer.send_then_receive([("str.x", {})], ["str.proc!"], max_messages=2)
+    assert results == [None]
+    _results, more = layer.send_then_receive([], ["str.proc!"], max_messages=5)
+    assert sorted(c for c, _m in batch + more) == ["str.proc!a", "str.proc!b", "str.proc!c"]
+    assert all(m == {"g": 1} for _c, m in batch + more)

@@ -6,7 +6,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from _worker_helpers import PROBE, ClosingStream, http_message, read_reply, running_worker
+from _worker_helpers import (
+    PROBE,
+    ClosingStream,
+    http_message,
+    prefix_of,
+    read_reply,
+    reply_prefix,
+    running_worker,
+    ws_event,
+    ws_message,
+)
 
 from wsgi_channels.layers.memory import MemoryChannelLayer
 from wsgi_channels.protocol import CONTROL_KEY, DISCONNECT_TYPE
@@ -58,3 +68,29 @@ def test_worker_serves_and_cancels_on_a_question_mark_only_layer() -> None:
         while "asgi10-stream" not in PROBE.closed and time.monotonic() < deadline:
             inner.receive([prefix], True)
     assert "asgi10-stream" in PROBE.closed
+
+
+def _failing_socket_app(environ: dict[str, Any], start_response: Any) -> Any:
+    if environ.get("wsgi_channels.websocket") == "receive":
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"down"]
+    start_response("200 OK", [])
+    return []
+
+
+def test_a_5xx_closes_with_1000_for_an_asgi10_front_end_and_1011_for_ours() -> None:
+    # Daphne 1.x (autobahn) sends close codes 1000 and 3000-4999 only and leaves the
+    # socket open on a 1011 (tests/test_asgi10_peers.py meets it for real).
+    layer = QuestionMarkOnlyLayer()
+    inner = layer._inner
+    with running_worker(_failing_socket_app, layer, threads=1):
+        daphne = ws_message(inner.new_channel(reply_prefix()), 1, ext=False, text="x")
+        layer.send("websocket.receive", daphne)
+        _channel, reply = None, None
+        while reply is None:
+            _channel, reply = inner.receive([prefix_of(daphne["reply_channel"])], True)
+        assert reply == {"close": True}
+
+        ours = ws_message(inner.new_channel(reply_prefix()), 1, text="x")
+        replies = ws_event(inner, "receive", ours)
+        assert [r["close"] for r in replies] == [1011]

@@ -29,6 +29,9 @@ def test_outage_logs_little_and_recovers(own_redis, caplog: pytest.LogCaptureFix
     # 6 s with 4 pool threads and the control thread: one line at the start and one
     # each time the outage doubled (1, 2, 4 s), where each thread used to log every 1 s.
     assert 1 <= len(outage) <= 4, lines
+    # One sentence each, naming the server once: not "unavailable (... unavailable ...)".
+    assert all(line.count("unavailable") == 1 for line in outage), outage
+    assert outage[0].startswith(f"Redis at {own_redis.url}"), outage
     assert any("reachable again" in line for line in lines), lines
     layer.close()
     client.close()

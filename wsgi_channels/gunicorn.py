@@ -17,35 +17,63 @@ no ``--bind`` is needed; an explicit other ``--bind`` is kept.
 Settings used, mapped in :meth:`ChannelWorker.worker_options` only: ``--threads``
 (pool size; gunicorn's default of 1 is kept), ``--graceful-timeout``,
 ``--max-requests`` (with ``--max-requests-jitter``).
+
+A layer that cannot be reached when gunicorn starts ends it as it ends ``wsgi-channels
+worker``: one line, exit status 2, before any worker is forked (the master checks the
+layer that ``WSGI_CHANNELS_LAYER`` or, with ``DJANGO_SETTINGS_MODULE`` in its
+environment, as ``--preload`` of a Django WSGI module sets it, the Django setting
+names). Workers never exit for an outage: one that starts or runs while the layer is
+down waits for it with the worker's backoff and logs through gunicorn's error log, so
+that gunicorn does not halt when it replaces a worker during an outage.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any
 
-from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as GunicornWorker
 
-from .layers import get_default_layer
-from .layers.base import LayerUnavailable
+from .layers import LAYER_ENV, get_default_layer
+from .layers.base import ConfigurationError
 from .worker import Worker
 
 __all__ = ["ChannelWorker"]
 
-WORKER_BOOT_ERROR: int = Arbiter.WORKER_BOOT_ERROR
 #: gunicorn's bind when none is given; the port the interface server takes by default.
 DEFAULT_GUNICORN_BIND = "127.0.0.1:8000"
+#: The master's exit status when the layer is unreachable or misconfigured at start,
+#: as for ``wsgi-channels worker``.
+LAYER_ERROR_EXIT = 2
 
 
-def _layer_name(layer: Any) -> str:
-    from .layers import mask_url
+def _remove_in(pid: int, directory: str) -> None:
+    """At the master's exit (workers inherit the hook and must not run it): remove the
+    private socket directory, which gunicorn's unlink of the socket leaves behind."""
+    if os.getpid() == pid:
+        shutil.rmtree(directory, ignore_errors=True)
 
-    url = getattr(layer, "url", None)
-    return mask_url(url) if isinstance(url, str) else type(layer).__name__
+
+def _start_problem() -> str | None:
+    """Why the layer named by the environment cannot serve, or None (also when nothing
+    in the master's environment names one: a Django project that sets
+    ``DJANGO_SETTINGS_MODULE`` only in its WSGI module is checked by no one at start,
+    rather than the default SQLite file being made in its place)."""
+    if not os.environ.get(LAYER_ENV) and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return None
+    from .cli import UsageProblem, open_layer
+
+    try:
+        open_layer(os.environ.get(LAYER_ENV) or None).close()
+    except (UsageProblem, ConfigurationError) as exc:
+        return str(exc)
+    return None
 
 
 class ChannelWorker(GunicornWorker):  # type: ignore[misc]
@@ -64,6 +92,21 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
     layer: Any = None
 
     @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Called by gunicorn's master once, after it has bound and before it forks:
+        stop with one line and exit status 2 if the layer cannot be reached."""
+        problem = _start_problem()
+        if problem is None:
+            return
+        log.error("wsgi-channels: error: %s", problem)
+        # What gunicorn's halt() would clean (the socket directory goes at exit).
+        if cfg.pidfile:
+            with contextlib.suppress(OSError, ValueError), open(cfg.pidfile) as pidfile:
+                if int(pidfile.read().strip() or 0) == os.getpid():
+                    os.unlink(cfg.pidfile)
+        sys.exit(LAYER_ERROR_EXIT)
+
+    @classmethod
     def setup(cls) -> None:
         """Called by gunicorn when it loads the worker class, before the master binds:
         move gunicorn's default bind out of the interface server's way."""
@@ -76,6 +119,7 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
         def create_sockets(conf: Any, log: Any, fds: Any = None) -> Any:
             if not fds and list(conf.bind) == [DEFAULT_GUNICORN_BIND]:
                 directory = tempfile.mkdtemp(prefix="wsgi-channels-gunicorn-")
+                atexit.register(_remove_in, os.getpid(), directory)
                 conf.set("bind", [f"unix:{os.path.join(directory, 'unused.sock')}"])
             return original(conf, log, fds)
 
@@ -110,15 +154,11 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
         # so that a Django project's WSGI_CHANNELS_LAYER setting, readable once the app
         # has set Django up, names the same layer here as in the app's own Group()
         # calls (get_default_layer makes a fresh one after the fork).
+        # No reachability check here: the master made it at start, and a worker that
+        # exited for an outage would make gunicorn halt (a boot error) when it replaces
+        # one during an outage. The Worker waits for the layer instead.
         self._route_logs()
         self.layer = get_default_layer()
-        try:
-            # A cheap call that needs the server, as `wsgi-channels worker` makes.
-            self.layer.channel_statistics("http.request")
-        except LayerUnavailable as exc:
-            self.log.error("channel layer %s is unreachable: %s", _layer_name(self.layer), exc)
-            # gunicorn's master stops (rather than forking again) on a boot error.
-            sys.exit(WORKER_BOOT_ERROR)
         worker = Worker(self.wsgi, self.layer, **self.worker_options())
         self.log.info("wsgi-channels worker (pid %s) taking messages", self.pid)
         worker.serve(should_stop=self._should_stop, on_tick=self.notify)

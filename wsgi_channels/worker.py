@@ -55,7 +55,13 @@ from .adapter import (
     websocket_frame,
     websocket_replies,
 )
-from .layers.base import ChannelFull, ChannelsError, ConfigurationError, MessageTooLarge
+from .layers.base import (
+    ChannelFull,
+    ChannelsError,
+    ConfigurationError,
+    LayerUnavailable,
+    MessageTooLarge,
+)
 from .protocol import (
     CONTROL_KEY,
     DEADLINE_KEY,
@@ -81,6 +87,8 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Receive = Callable[..., tuple[Any, Any]]
 # receive_batch(channels, block, max_messages=n, max_records=n) -> [(channel, message)]
 ReceiveBatch = Callable[..., list[tuple[str, Any]]]
+# send_then_receive([(channel, message)], channels, max_messages) -> (errors, batch)
+SendThenReceive = Callable[..., tuple[list[Any], list[tuple[str, Any]]]]
 
 #: How long a reply may wait on a full reply channel once the response has started
 #: (before that, the message's deadline rules: the interface stops waiting then).
@@ -329,6 +337,8 @@ class Worker:
             MessageTooLarge,
         )
         self._receive_batch: ReceiveBatch | None = getattr(layer, "receive_batch", None)
+        self._send_then_receive: SendThenReceive | None = getattr(layer, "send_then_receive", None)
+        self._local = threading.local()  # each pool thread's rotation of channel orders
         self._take_lock = threading.Lock()
         self._handoff: collections.deque[tuple[str, Any]] = collections.deque()
         self._busy = 0
@@ -443,6 +453,7 @@ class Worker:
         names = self.channels
         orders = [names[i:] + names[:i] for i in range(len(names))]
         rotations = itertools.islice(itertools.cycle(orders), index % len(orders), None)
+        self._local.rotations = rotations
         stopping = self._stopping
         handoff = self._handoff
         # Messages handed off are out of the layer: they are run even when a stop began
@@ -510,11 +521,11 @@ class Worker:
             if self._outage_since is None:
                 self._outage_since = now
                 self._outage_next_log = now + 1.0
-                log.warning("the channel layer is unavailable (%s); retrying", exc)
+                log.warning("%s; retrying", _outage_text(exc))
             elif now >= self._outage_next_log:
                 lasted = now - self._outage_since
                 self._outage_next_log = now + lasted
-                log.warning("the channel layer is still unavailable after %.0f s: %s", lasted, exc)
+                log.warning("%s (for %.0f s now)", _outage_text(exc), lasted)
             lasted = now - self._outage_since
         return min(5.0, 0.5 + lasted / 4)
 
@@ -629,6 +640,52 @@ class Worker:
                 )
             time.sleep(min(next(pauses), deadline - now))
 
+    def _send_last(
+        self, channel: str, message: dict[str, Any], deadline: float, request: _Request | None
+    ) -> None:
+        """Send the last reply of a message; when no other thread is taking, take this
+        thread's next message in the same round trip (``send_then_receive``).
+
+        A thread that finds the take lock free knows that no other thread waits for
+        work, so it takes as many messages as there will be free threads once it is
+        done: itself and any idle one. They wait in the hand-off queue, which this
+        thread reads first when it has finished (closing the app's iterable, logging),
+        and any thread that frees up before it may run them. Otherwise, and on layers
+        without ``send_then_receive``, this is :meth:`_send`.
+        """
+        combined = self._send_then_receive
+        rotations = getattr(self._local, "rotations", None)
+        # Messages already taken and waiting in the hand-off: no more until they run.
+        if (
+            combined is None
+            or rotations is None
+            or self._handoff
+            or self._stopping.is_set()
+            or not self._take_lock.acquire(blocking=False)
+        ):
+            self._send(channel, message, deadline, request)
+            return
+        try:
+            with self._count_lock:
+                free = self.threads - self._busy + 1  # this thread, once done
+            results, batch = combined([(channel, message)], next(rotations), free)
+            error = results[0]
+            self._recovered()
+            self._count(batch)
+            self._handoff.extend(batch)
+        except Exception as exc:
+            raise _Abandon(f"the layer refused the reply: {exc!r}") from None
+        finally:
+            self._take_lock.release()
+        if error is None:
+            return
+        if isinstance(error, self._full):
+            self._send(channel, message, deadline, request)  # its retries, as any send
+        elif isinstance(error, self._too_large):
+            raise InvalidResponse(f"the reply is too large for the layer: {error}")
+        else:
+            raise _Abandon(f"the layer refused the reply: {error!r}")
+
     # -- HTTP -------------------------------------------------------------------------
 
     def handle_http(self, message: dict[str, Any]) -> None:
@@ -664,16 +721,19 @@ class Worker:
         if ext and self._control_channel is not None:
             request = self._active[reply_channel] = _Request()
             extra = {CONTROL_KEY: self._control_channel}
-        send = self._send
+        send, send_last = self._send, self._send_last
         started_sending = False
 
         def emit(reply: dict[str, Any]) -> None:
             nonlocal started_sending
+            last = not reply.get("more_content")
             if started_sending:
-                send(reply_channel, reply, time.time() + STALL_TIMEOUT, request)
+                (send_last if last else send)(
+                    reply_channel, reply, time.time() + STALL_TIMEOUT, request
+                )
             else:
                 started_sending = True
-                send(reply_channel, reply, deadline, request)
+                (send_last if last else send)(reply_channel, reply, deadline, request)
 
         translator = ResponseTranslator(emit, method=environ["REQUEST_METHOD"], extra_first=extra)
         status: int | None = None
@@ -816,9 +876,13 @@ class Worker:
                 replies[-1][DONE_KEY] = order
             else:
                 replies.append({DONE_KEY: order})
+        else:
+            replies = _asgi10_close(replies)
         try:
-            for reply in replies:
+            for reply in replies[:-1]:
                 self._send(reply_channel, reply, deadline, None)
+            if replies:
+                self._send_last(reply_channel, replies[-1], deadline, None)
         except _Abandon as exc:
             log.info("abandoned the replies to %s: %s", channel, exc)
         except InvalidResponse as exc:
@@ -830,6 +894,8 @@ class Worker:
             if message.get(EXT_KEY):
                 fallback = fallback or [{}]
                 fallback[-1][DONE_KEY] = message.get("order", 0)
+            else:
+                fallback = _asgi10_close(fallback)
             with contextlib.suppress(_Abandon, InvalidResponse):
                 for reply in fallback:
                     self._send(reply_channel, reply, deadline, None)
@@ -863,6 +929,12 @@ class Worker:
             log.info("could not answer the malformed message: %s", send_exc)
 
 
+def _asgi10_close(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """*replies* for an ASGI 1.0 front end: Daphne 1.x closes only with 1000 or
+    3000-4999 (autobahn's rule for endpoints), and leaves the socket open on a 1011."""
+    return [{"close": True} if reply.get("close") == 1011 else reply for reply in replies]
+
+
 def _deadline(message: Mapping[str, Any], now: float) -> float:
     value = message.get(DEADLINE_KEY)
     if value is None:
@@ -875,6 +947,18 @@ def _deadline(message: Mapping[str, Any], now: float) -> float:
 # Control characters (C0, DEL, C1) in what a client sent would forge or garble
 # access-log lines: they are written as \xNN, and so are a backslash and a quote.
 _LOG_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0xA0))}
+
+
+def _outage_text(exc: BaseException) -> str:
+    """One sentence for a failed receive: our layers' errors say what is unavailable
+    (``Redis at redis://host:6379/0 is unavailable: Connection refused``); others get
+    that said for them."""
+    text = (
+        str(exc)
+        if isinstance(exc, LayerUnavailable)
+        else f"the channel layer is unavailable: {exc!r}"
+    )
+    return text.rstrip(". ")
 
 
 def _log_safe(text: str) -> str:

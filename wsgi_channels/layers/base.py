@@ -40,11 +40,11 @@ that lack it (``getattr(layer, "receive_batch", None)``), falling back to ``rece
 
 from __future__ import annotations
 
+import base64
 import collections
 import fnmatch
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -183,7 +183,9 @@ def encode_message(message: Mapping[str, Any], max_size: int = MAX_MESSAGE_SIZE)
         raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
     try:
         _check_str_keys(message)
-        data: bytes = msgpack.packb(message, use_bin_type=True, datetime=False)
+        # datetime is refused by default; no datetime= keyword, which msgpack 0.6 (the
+        # pin of asgi_redis 1.4, beside which the Worker runs) does not take.
+        data: bytes = msgpack.packb(message, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMessage(f"message cannot be encoded with msgpack: {exc}") from None
     if len(data) > max_size:
@@ -225,6 +227,57 @@ def decode_message(data: bytes) -> Message:
     """Decode bytes made by :func:`encode_message`."""
     message: Message = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     return message
+
+
+class _Forks:
+    """How many times this process was forked from the one that imported us. A
+    layer remembers the generation it was made in and resets its connections when it
+    changes (:meth:`BaseChannelLayer._check_fork`): a counter read instead of a
+    ``getpid()`` system call on every operation."""
+
+    generation = 0
+
+
+_forks = _Forks()
+
+
+class _TokenSource:
+    """128-bit random tokens for channel names, cut from ``os.urandom`` bytes read
+    4 KiB at a time (one system call per 256 names instead of one per name). The
+    buffer is dropped in a forked child, which must not repeat its parent's names."""
+
+    SIZE = 16
+    READ = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            start = self._offset
+            if start + self.SIZE > len(self._buffer):
+                self._buffer, start = os.urandom(self.READ), 0
+            self._offset = start + self.SIZE
+            chunk = self._buffer[start : start + self.SIZE]
+        return base64.urlsafe_b64encode(chunk).rstrip(b"=").decode("ascii")
+
+
+_random_token = _TokenSource()
+
+
+def _after_fork_in_child() -> None:
+    _forks.generation += 1
+    _random_token.reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Record(NamedTuple):
@@ -302,7 +355,7 @@ class BaseChannelLayer:
         self._messages_count = 0
         self._channel_full_count = 0
         self._group_full_count = 0
-        self._pid = os.getpid()
+        self._generation = _forks.generation
         # Process queues (``name!``) read by an asyncio face of this very process:
         # a send to one of their channels is handed over without the layer's round
         # trip (see AsyncFace.listen). Keyed by prefix, values take (channel, message).
@@ -315,7 +368,7 @@ class BaseChannelLayer:
         or ``?``) followed by 128 random bits, so it cannot be guessed."""
         if not isinstance(pattern, str) or not pattern.endswith(("!", "?")):
             raise InvalidChannelName(f"new_channel pattern must end in '!' or '?', not {pattern!r}")
-        name = pattern + secrets.token_urlsafe(16)
+        name = pattern + _random_token()
         return validate_channel_name(name)
 
     def get_capacity(self, channel: str) -> int:
@@ -351,9 +404,9 @@ class BaseChannelLayer:
         Called at the start of every operation; a child after ``os.fork()`` gets fresh
         connections on its first call without any action from the user.
         """
-        pid = os.getpid()
-        if pid != self._pid:
-            self._pid = pid
+        generation = _forks.generation
+        if generation != self._generation:
+            self._generation = generation
             self._expanded = {}
             self._expanded_lock = threading.Lock()
             self._stats_lock = threading.Lock()
@@ -406,8 +459,51 @@ class BaseChannelLayer:
         it (ChannelFull, MessageTooLarge, ...). A message refused does not stop the
         others; a server that is down refuses all of its messages (LayerUnavailable).
         Messages to one channel keep their order."""
+        results, slots, pushes = self._prepare_many(items)
+        if pushes:
+            self._settle(results, slots, pushes, self._push_many(pushes))
+        return results
+
+    def send_then_receive(
+        self, items: Iterable[tuple[str, Message]], channels: Iterable[str], max_messages: int = 1
+    ) -> tuple[list[ChannelsError | None], list[tuple[str, Message]]]:
+        """:meth:`send_many` of *items*, then :meth:`receive_batch` of up to
+        *max_messages* messages already waiting on *channels* (it never blocks), in
+        one round trip where the backend can (Redis, when the sends and the channels
+        live on one server). For a worker that answers one request and takes its next
+        with the same trip. Returns ``(send results, received batch)``; every rule of
+        both holds, and a send refused does not stop the receive."""
+        self._check_fork()
+        names = self._receive_names(channels)
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        results, slots, pushes = self._prepare_many(items)
+        entries: list[tuple[list[str], Message]] = []
+        room = max_messages
+        if self._expanded and names:
+            room = self._take_expanded(names, entries, room)
+        if room > 0 and names:
+            outcomes, popped = self._push_many_pop(pushes, names, room)
+            self._gather(names, popped, entries, room)
+        else:
+            outcomes = self._push_many(pushes) if pushes else []
+        if pushes:
+            self._settle(results, slots, pushes, outcomes)
+        batch: list[tuple[str, Message]] = []
+        for members, message in entries:
+            batch.append((members[0], message))
+            batch.extend((member, message.copy()) for member in members[1:])
+        return results, batch
+
+    def _prepare_many(
+        self, items: Iterable[tuple[str, Message]]
+    ) -> tuple[list[ChannelsError | None], list[int], list[tuple[str, bytes, float]]]:
+        """Check and encode sends: a result per message (the error of those refused
+        already), and for those to push their places in it and ``(channel, data,
+        expires)``, in order."""
         results: list[ChannelsError | None] = []
-        pushes: list[tuple[int, str, bytes]] = []
+        slots: list[int] = []
+        pushes: list[tuple[str, bytes, float]] = []
         expires = time.time() + self.expiry
         for channel, message in items:
             results.append(None)
@@ -417,12 +513,21 @@ class BaseChannelLayer:
                 results[-1] = exc
                 continue
             if data is not None:
-                pushes.append((len(results) - 1, channel, data))
-        if not pushes:
-            return results
-        outcomes = self._push_many([(c, d, expires) for _i, c, d in pushes])
+                pushes.append((channel, data, expires))
+                slots.append(len(results) - 1)
+        return results, slots, pushes
+
+    def _settle(
+        self,
+        results: list[ChannelsError | None],
+        slots: list[int],
+        pushes: list[tuple[str, bytes, float]],
+        outcomes: list[bool | ChannelsError],
+    ) -> None:
+        """Fill *results* at *slots* from the backend's *outcomes* of *pushes*; count
+        them."""
         sent = full = 0
-        for (index, channel, _data), outcome in zip(pushes, outcomes, strict=True):
+        for index, (channel, _data, _expires), outcome in zip(slots, pushes, outcomes, strict=True):
             if outcome is True:
                 sent += 1
             elif isinstance(outcome, ChannelsError):
@@ -434,7 +539,6 @@ class BaseChannelLayer:
         with self._stats_lock:
             self._messages_count += sent
             self._channel_full_count += full
-        return results
 
     def receive(
         self, channels: Iterable[str], block: bool = False
@@ -518,21 +622,36 @@ class BaseChannelLayer:
             popped = self._pop_many(names, block and not entries, deadline, want)
             if not popped:
                 break
-            for index, record in enumerate(popped):
-                if room <= 0:
-                    # Taken from the backend but no room: they wait, in order, behind
-                    # what is left of the group send before them.
-                    self._hold(popped[index:])
-                    break
-                records += 1
-                if record.group is None:
-                    entries.append(([record.channel], decode_message(record.data)))
-                    room -= 1
-                elif self._expand_group(record.group, record):
-                    room = self._take_expanded(names, entries, room)
+            room, taken = self._gather(names, popped, entries, room)
+            records += taken
             if len(popped) < want:
                 break
         return entries
+
+    def _gather(
+        self,
+        names: list[str],
+        popped: list[Record],
+        entries: list[tuple[list[str], Message]],
+        room: int,
+    ) -> tuple[int, int]:
+        """Add the messages of records *popped* from *names* to *entries*, at most
+        *room* members (the rest is held, in order, for the next call); returns the
+        room left and how many records were used."""
+        records = 0
+        for index, record in enumerate(popped):
+            if room <= 0:
+                # Taken from the backend but no room: they wait, in order, behind
+                # what is left of the group send before them.
+                self._hold(popped[index:])
+                break
+            records += 1
+            if record.group is None:
+                entries.append(([record.channel], decode_message(record.data)))
+                room -= 1
+            elif self._expand_group(record.group, record):
+                room = self._take_expanded(names, entries, room)
+        return room, records
 
     def _hold(self, records: list[Record]) -> None:
         """Keep records popped beyond a batch's room for the next call, in order."""
@@ -559,6 +678,14 @@ class BaseChannelLayer:
                 break
             record = self._pop(names, False, deadline)
         return records
+
+    def _push_many_pop(
+        self, pushes: list[tuple[str, bytes, float]], names: list[str], count: int
+    ) -> tuple[list[bool | ChannelsError], list[Record]]:
+        """:meth:`_push_many` then a non-blocking :meth:`_pop_many` of up to *count*;
+        backends that can do both in one round trip override this."""
+        outcomes = self._push_many(pushes) if pushes else []
+        return outcomes, self._pop_many(names, False, time.monotonic(), count)
 
     def _expand_group(self, group: str, record: Record) -> bool:
         """Turn one group message for this process into one message per local member;

@@ -1420,6 +1420,70 @@ class RedisChannelLayer(BaseChannelLayer):
             if remaining < 0.001:
                 return []
 
+    def _push_many_pop(
+        self, pushes: list[tuple[str, bytes, float]], names: list[str], count: int
+    ) -> tuple[list[bool | ChannelsError], list[Record]]:
+        """The sends and a non-blocking LMPOP pipelined in one round trip, when they
+        are all on one server: a worker's reply and its next request."""
+        plan = self._plan(names)
+        if len(plan) != 1 or self._has_lmpop is False:
+            return super()._push_many_pop(pushes, names, count)
+        shard, keys, by_key = plan[0]
+        entries = [self._send_record(c, d, e) for c, d, e in pushes]
+        if any(self._shard(non_local_name(c)) is not shard for c, _d, _e in pushes):
+            return super()._push_many_pop(pushes, names, count)
+        if len(keys) > 1:
+            keys = random.sample(keys, len(keys))
+        commands: list[tuple[Any, ...]] = []
+        if entries:
+            args: list[Any] = [self._stamp(time.time()), self._queue_ttl]
+            for entry in entries:
+                args += [entry.record, entry.capacity]
+            sha = self._send_many_script.sha
+            commands.append(("EVALSHA", sha, len(entries), *[e.key for e in entries], *args))
+        commands.append(("LMPOP", len(keys), *keys, "LEFT", "COUNT", count))
+        conn = shard.connection()
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            for _command in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)  # the next reply is still to be read
+        except redis.RedisError as exc:
+            conn.disconnect()
+            raise self._error(shard, exc) from exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        outcomes: list[bool | ChannelsError] = []
+        if entries:
+            sent = replies.pop(0)
+            if isinstance(sent, redis.exceptions.NoScriptError):
+                self._send_batch(shard, entries)  # loads the script, sends again
+                outcomes = [e.outcome if e.outcome is not None else False for e in entries]
+            elif isinstance(sent, redis.ResponseError):
+                error = self._error(shard, sent)
+                refused = (
+                    error if isinstance(error, ChannelsError) else LayerUnavailable(str(error))
+                )
+                outcomes = [refused] * len(entries)
+            else:
+                outcomes = [bool(reply) for reply in sent]
+        popped = replies[0]
+        if isinstance(popped, redis.ResponseError):
+            if "unknown command" in str(popped).lower():
+                self._has_lmpop = False
+                return outcomes, super()._pop_many(names, False, time.monotonic(), count)
+            raise self._error(shard, popped)
+        self._has_lmpop = True
+        if popped is None:
+            return outcomes, []
+        queue = by_key[popped[0]]
+        now = self._stamp(time.time())
+        return outcomes, [self._record(queue, raw) for raw in popped[1] if raw[:13] > now]
+
     def _pop(self, names: list[str], block: bool, deadline: float) -> Record | None:
         plan = self._plan(names)
         if len(plan) == 1:
