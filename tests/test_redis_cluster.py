@@ -166,6 +166,31 @@ def test_memberships_and_their_cleanup_span_slots(
     assert redis_cluster.dbsize() == 0
 
 
+def test_a_workers_reply_and_next_take_share_a_round_trip_on_its_slot(
+    make_layer: Callable[..., RedisChannelLayer],
+    redis_cluster: RedisCluster,
+    writes: list[tuple[str, int]],
+) -> None:
+    layer = make_layer()
+    inbox = layer.new_channel("iface!")  # the interface's inbox: a slot of its own
+    layer.send("work.in", {"i": 1})
+    layer.send("work.in", {"i": 2})
+    layer.send_then_receive([("work.out", {})], ["work.in"], 1)  # scripts loaded
+    writes.clear()
+    # Named channels share a slot: the send and the pop go in one write.
+    results, batch = layer.send_then_receive([("work.out", {"o": 1})], ["work.in"], 1)
+    assert (results, batch) == ([None], [("work.in", {"i": 2})])
+    assert len(writes) == 1
+    # A reply to another slot still goes out, with the take, correctly.
+    results, batch = layer.send_then_receive([(inbox, {"r": 1})], ["work.in"], 1)
+    assert (results, batch) == ([None], [])
+    assert layer.receive([inbox.partition("!")[0] + "!"]) == (inbox, {"r": 1})
+    assert [m for _c, m in layer.receive_batch(["work.out"], max_messages=5, max_records=5)] == [
+        {},
+        {"o": 1},
+    ]
+
+
 def _migrate(cluster: RedisCluster, key: str) -> int:
     """Move *key*'s slot to another master, as ``redis-cli --cluster reshard`` does:
     IMPORTING/MIGRATING, MIGRATE the keys in batches, then the slot's new owner."""

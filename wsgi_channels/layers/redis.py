@@ -1430,52 +1430,36 @@ class RedisChannelLayer(BaseChannelLayer):
             return super()._push_many_pop(pushes, names, count)
         shard, keys, by_key = plan[0]
         entries = [self._send_record(c, d, e) for c, d, e in pushes]
-        if any(self._shard(non_local_name(c)) is not shard for c, _d, _e in pushes):
+        if any(self._shard_of(e.key) is not shard for e in entries):
             return super()._push_many_pop(pushes, names, count)
         if len(keys) > 1:
             keys = random.sample(keys, len(keys))
-        commands: list[tuple[Any, ...]] = []
-        if entries:
-            args: list[Any] = [self._stamp(time.time()), self._queue_ttl]
-            for entry in entries:
-                args += [entry.record, entry.capacity]
-            sha = self._send_many_script.sha
-            commands.append(("EVALSHA", sha, len(entries), *[e.key for e in entries], *args))
+        sends = self._send_commands(shard, entries) if entries else []
+        commands = [args for _sent, args in sends]
         commands.append(("LMPOP", len(keys), *keys, "LEFT", "COUNT", count))
-        conn = shard.connection()
-        replies: list[Any] = []
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            for _command in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)  # the next reply is still to be read
+            # Polled for a close first (there are sends), and not sent again once
+            # written: a send whose outcome is unknown must not run twice.
+            replies = self._read(self._write(shard, commands, True), len(commands))
         except redis.RedisError as exc:
-            conn.disconnect()
             raise self._error(shard, exc) from exc
-        except BaseException:
-            conn.disconnect()
-            raise
-        outcomes: list[bool | ChannelsError] = []
-        if entries:
-            sent = replies.pop(0)
-            if isinstance(sent, redis.exceptions.NoScriptError):
-                self._send_batch(shard, entries)  # loads the script, sends again
-                outcomes = [e.outcome if e.outcome is not None else False for e in entries]
-            elif isinstance(sent, redis.ResponseError):
-                error = self._error(shard, sent)
-                refused = (
-                    error if isinstance(error, ChannelsError) else LayerUnavailable(str(error))
-                )
-                outcomes = [refused] * len(entries)
-            else:
-                outcomes = [bool(reply) for reply in sent]
-        popped = replies[0]
+        for (sent, args), reply in zip(sends, replies, strict=False):
+            if isinstance(reply, redis.ResponseError):
+                reply = self._follow_up(shard, args, reply, False)  # NOSCRIPT, ASK...
+            for entry, pushed in zip(
+                sent, [reply] * len(sent) if isinstance(reply, ChannelsError) else reply,
+                strict=True,
+            ):  # fmt: skip
+                entry.outcome = pushed if isinstance(pushed, ChannelsError) else bool(pushed)
+        outcomes = [e.outcome if e.outcome is not None else False for e in entries]
+        popped = replies[-1]
         if isinstance(popped, redis.ResponseError):
             if "unknown command" in str(popped).lower():
                 self._has_lmpop = False
                 return outcomes, super()._pop_many(names, False, time.monotonic(), count)
+            if self._slot_map is not None and isinstance(popped, redis.exceptions.AskError):
+                self._slot_map.stale = True  # the slot is moving: the next receive follows
+                return outcomes, []
             raise self._error(shard, popped)
         self._has_lmpop = True
         if popped is None:
