@@ -1293,8 +1293,9 @@ class RedisChannelLayer(BaseChannelLayer):
             if len(commands) == 1:
                 entries, args = commands[0]
                 keys = [e.key for e in entries]
-                replies = [self._run(shard, self._send_many_script, keys, args[3 + len(keys) :],
-                                     retry=False)]  # fmt: skip
+                script_args = args[3 + len(keys) :]  # after EVALSHA, the SHA, numkeys, keys
+                reply = self._run(shard, self._send_many_script, keys, script_args, retry=False)
+                replies = [reply]
             else:
                 replies = self._run_batch([(shard, args) for _e, args in commands], retry=False)
         except ChannelsError as exc:
@@ -1552,7 +1553,7 @@ class RedisChannelLayer(BaseChannelLayer):
             ]
             return int(self._run(shard, self._group_send_script, [group_key], args, retry=False))
         # Across servers: read the group's queues on its server, then write one record
-        # per queue, one round trip per server holding them (in one script per slot).
+        # per queue (one script per slot), to every server holding them at once.
         queues = self._run(
             shard, self._group_queues_script, [group_key], [expires_ms - self._expiry_ms]
         )
