@@ -223,3 +223,7 @@ def make_layer(layer_url: str) -> Iterator[Callable[..., Any]]:
 def layer(make_layer: Callable[..., Any]) -> Any:
     """A layer with default options, once per backend: memory, SQLite, Redis."""
     return make_layer()
+
+
+# The Redis Cluster and Sentinel fixtures live beside the servers they start.
+from _redis_servers import cluster_url, redis_cluster, redis_sentinel, sentinel_url  # noqa: E402, F401

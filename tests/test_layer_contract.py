@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from conftest import LAYER_BACKENDS
 
 import wsgi_channels
 from wsgi_channels.layers import (
@@ -31,7 +32,25 @@ from wsgi_channels.layers import (
 )
 
 MiB = 1024 * 1024
-SHARED_BACKENDS = ["sqlite", "redis"]
+#: Redis Cluster and Sentinel (tests/_redis_servers.py) join the backends of conftest.py.
+CLUSTER_BACKENDS = ["redis-cluster", "redis-sentinel"]
+SHARED_BACKENDS = ["sqlite", "redis", *CLUSTER_BACKENDS]
+
+
+@pytest.fixture(params=[*LAYER_BACKENDS, *CLUSTER_BACKENDS])
+def layer_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def layer_url(layer_backend: str, request: pytest.FixtureRequest) -> str:
+    """conftest's ``layer_url``, plus an emptied cluster or Sentinel set."""
+    if layer_backend in CLUSTER_BACKENDS:
+        name = "cluster_url" if layer_backend == "redis-cluster" else "sentinel_url"
+        return str(request.getfixturevalue(name))
+    if layer_backend == "memory":
+        return "memory://"
+    return str(request.getfixturevalue(f"{layer_backend}_url"))
 
 
 def drain(layer: Any, channels: list[str], limit: int = 10000) -> list[tuple[str, Any]]:

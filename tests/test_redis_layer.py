@@ -6,6 +6,7 @@ real redis-server processes from conftest (never the machine's own Redis).
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import os
 import threading
@@ -207,7 +208,9 @@ def test_sharding(
     for server in redis_shards:
         server.flushall()
     layer = make_layer(",".join(server.url for server in redis_shards))
-    channels = [f"chan.{i}" for i in range(12)]
+    # Named channels share one tag (so a worker waits on them in one pop); the
+    # channels that spread are the single-reader and the process channels.
+    channels = [f"chan.{i}?x" for i in range(12)]
     for channel in channels:
         layer.send(channel, {"to": channel})
     assert sum(1 for server in redis_shards if server.dbsize()) > 1
@@ -236,11 +239,13 @@ def test_sharding(
     assert sorted(got) == sorted(members)
 
     # A receive spanning shards waits on each in turn and still gets the message.
-    on_other_shard = next(c for c in channels if layer._shard(c) is not layer._shard("chan.0"))
+    shard = layer._shard_of
+    first = shard(layer._queue_key(channels[0]))
+    on_other_shard = next(c for c in channels if shard(layer._queue_key(c)) is not first)
     timer = threading.Timer(0.2, layer.send, (on_other_shard, {"late": True}))
     timer.start()
     try:
-        assert layer.receive(["chan.0", on_other_shard], block=True) == (
+        assert layer.receive([channels[0], on_other_shard], block=True) == (
             on_other_shard,
             {"late": True},
         )
@@ -350,7 +355,7 @@ def test_expired_messages_leave_no_keys_and_free_capacity(
     # The expired records at the head make room (and are dropped by this send).
     layer.send("short", {"n": 4})
     with redis_server.client() as client:
-        assert client.llen("wsgi_channels:q:short") == 1
+        assert client.llen("wsgi_channels:{n}:q:short") == 1
     layer.send("abandoned", {"n": 5})
     assert layer.receive(["short"]) == ("short", {"n": 4})
     # The abandoned queue's key expires expiry + 1 s after its last push.
@@ -427,8 +432,9 @@ def test_one_round_trip_per_operation(
     def calls(stats: dict[str, Any], command: str) -> int:
         return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
-    # Server side: the scripts ran once per call (their inner commands count apart).
-    assert calls(after, "evalsha") - calls(before, "evalsha") == 1 + 11 + 5
+    # Server side: the scripts ran once per call (their inner commands count apart);
+    # group_add runs two (the group's and the channel's set of groups) in one write.
+    assert calls(after, "evalsha") - calls(before, "evalsha") == 2 + 11 + 5
     assert calls(after, "blpop") - calls(before, "blpop") == 5
 
 
@@ -441,7 +447,7 @@ def test_group_send_writes_one_record_per_process(
         layer.group_add("big", member)
     layer.send_group("big", {"text": "hi"})
     with redis_server.client() as client:
-        assert [client.llen(f"wsgi_channels:q:{q}") for q in ("one!", "two!", "solo")] == [
+        assert [client.llen(layer._queue_key(q)) for q in ("one!", "two!", "solo")] == [
             1,
             1,
             1,
@@ -485,3 +491,146 @@ def test_fork_safety(redis_url: str, make_layer: Callable[[str], RedisChannelLay
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's connection survived the child.
     assert layer.receive(["child"], block=True) == ("child", {"n": 2})
+
+
+# -- dropped connections ------------------------------------------------------------
+
+
+def _kill_clients(server: RedisServer) -> int:
+    """``CLIENT KILL TYPE normal`` from a connection of our own: every client but
+    this one loses its connection (as with a proxy's idle timeout or a failover)."""
+    with server.client() as client:
+        client.client_setname("killer")
+        return int(client.execute_command("CLIENT KILL TYPE normal SKIPME yes"))
+
+
+def test_a_dropped_connection_is_replaced_before_the_next_command(
+    redis_url: str, redis_server: RedisServer, make_layer: Callable[[str], RedisChannelLayer]
+) -> None:
+    layer = make_layer(redis_url + "?receive_timeout=3")
+    member = layer.new_channel("kill!")
+    layer.group_add("killed", member)
+    layer.send("warm", {"n": 0})
+    assert layer.receive(["warm"]) == ("warm", {"n": 0})
+    assert _kill_clients(redis_server) >= 1
+    # Each call finds its connection closed and makes a new one: no error, once each.
+    layer.send("after", {"n": 1})
+    layer.send_group("killed", {"n": 2})
+    assert layer.receive(["after"]) == ("after", {"n": 1})
+    assert layer.receive([member.partition("!")[0] + "!"]) == (member, {"n": 2})
+    assert layer.receive(["after"]) == (None, None)
+
+    # A blocking receive whose connection is killed while it waits tries again.
+    timer = threading.Timer(0.3, _kill_clients, (redis_server,))
+    late = threading.Timer(0.6, layer.send, ("late", {"n": 3}))
+    timer.start()
+    late.start()
+    try:
+        assert layer.receive(["late"], block=True) == ("late", {"n": 3})
+    finally:
+        timer.join()
+        late.join()
+
+    async def face_after_kill() -> object:
+        face = layer.async_face()
+        try:
+            await face.send("face", {"n": 4})
+            _kill_clients(redis_server)
+            await face.send("face", {"n": 5})
+        finally:
+            await face.aclose()
+        return [layer.receive(["face"])[1], layer.receive(["face"])[1]]
+
+    assert asyncio.run(face_after_kill()) == [{"n": 4}, {"n": 5}]
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_client_kill_under_load_fails_nothing_and_delivers_nothing_twice(
+    own_redis: RedisServer,
+) -> None:
+    import websockets
+    from _faults import HttpLoad, ReconnectingEcho, http_get, summary
+    from servers import InterfaceProcess, WorkerProcess
+
+    url = own_redis.url
+    processes = [WorkerProcess("apps:echo", url), WorkerProcess("apps:echo", url)]
+    interface = InterfaceProcess(url, "--http-timeout", "3")
+    processes.append(interface)
+    layer = make_plain_layer(url)
+    received: list[str] = []
+    sent: list[int] = []
+    refused: list[str] = []
+    stop = threading.Event()
+
+    async def listen(joined: threading.Event) -> None:
+        async with websockets.connect(f"{interface.ws_url}/ws/group?name=ticks") as ws:
+            joined.set()
+            while not stop.is_set():
+                try:
+                    received.append(str(await asyncio.wait_for(ws.recv(), 0.3)))
+                except TimeoutError:
+                    continue
+
+    def tick() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                layer.send_group("ticks", {"text": str(n)})
+                sent.append(n)
+            except Exception as exc:
+                refused.append(repr(exc))
+            stop.wait(0.01)
+
+    try:
+        for process in processes:
+            process.start()
+        wait_until(lambda: http_get(interface.port, "/ready", 2.0).status == 200, 15)
+        joined = threading.Event()
+        listener = threading.Thread(target=asyncio.run, args=(listen(joined),))
+        listener.start()
+        assert joined.wait(5)
+        wait_until(lambda: bool(layer.group_channels("ticks")))
+        ticker = threading.Thread(target=tick)
+        with (
+            HttpLoad(interface.port, "/load", concurrency=4, timeout=5.0) as load,
+            ReconnectingEcho(interface.ws_url + "/ws/echo") as echo,
+        ):
+            ticker.start()
+            time.sleep(1.5)
+            killed = _kill_clients(own_redis)
+            time.sleep(1.5)
+            stop.set()
+            ticker.join()
+        listener.join(5)
+    finally:
+        stop.set()
+        for process in reversed(processes):
+            process.stop()
+        layer.close()
+    counts = {text: received.count(text) for text in set(received)}
+    figures = {
+        "clients_killed": killed,
+        "requests": summary(load.results),
+        "group_sent": len(sent),
+        "group_refused": len(refused),
+        "group_lost": len({str(n) for n in sent} - set(counts)),
+        "delivered_twice": sum(1 for c in counts.values() if c > 1),
+        "ws_echo_failures": len(echo.failures),
+    }
+    print(f"\n[CLIENT KILL under load] {figures}")
+    assert killed >= 5  # the interface's, the workers' and our own connections
+    # Only a command caught on the wire by the kill may fail: a send whose outcome is
+    # unknown is not sent again (it could deliver twice: a 503, or refused to our
+    # ticker), and a pop whose reply was cut lost what it took (at-most-once). The
+    # kill is one instant, so that is one command at most in practice.
+    failed = len(load.results) - figures["requests"].get("200", 0)
+    assert failed <= 1, figures
+    assert figures["group_refused"] + figures["group_lost"] <= 1, figures
+    assert figures["delivered_twice"] == 0 and figures["ws_echo_failures"] == 0, figures
+    assert echo.connections == 1  # the socket stayed up
+
+
+def make_plain_layer(url: str) -> RedisChannelLayer:
+    return RedisChannelLayer.from_url(url)

@@ -9,6 +9,12 @@
     rediss://...                               Redis over TLS
     unix:///run/redis.sock?db=0                Redis over a Unix socket
     redis://a:6379/0,redis://b:6379/0          several Redis servers, sharded
+    redis+cluster://[[user]:password@]host:7000[,host:7001...]
+                                               a Redis Cluster (any nodes as seeds)
+    rediss+cluster://...                       a Redis Cluster over TLS
+    redis+sentinel://[[user]:password@]host:26379[,host:26379...]/service[/db]
+                                               the master of a Sentinel service
+    rediss+sentinel://...                      the same over TLS
 
 Query parameters set layer options, for every backend::
 
@@ -68,7 +74,17 @@ __all__ = [
 LAYER_ENV = "WSGI_CHANNELS_LAYER"
 DEFAULT_LAYER_URL = "sqlite:///.wsgi_channels.sqlite3"
 
-SCHEMES = ("memory", "sqlite", "redis", "rediss", "unix")
+SCHEMES = (
+    "memory",
+    "sqlite",
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
 
 _COMMON_OPTIONS: dict[str, Callable[[str], Any]] = {
     "expiry": float,

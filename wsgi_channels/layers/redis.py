@@ -1,14 +1,30 @@
-"""A channel layer on one or more Redis servers, for production.
+"""A channel layer on Redis: one server, several servers (shards), a Redis Cluster, or
+a server behind Sentinel, for production.
 
-Keys, under a namespace ``prefix`` (default ``wsgi_channels``)::
+Keys, under a namespace ``prefix`` (default ``wsgi_channels``); the part in braces is
+the key's *hash tag*, which alone decides where the key lives (its Redis Cluster slot,
+or its shard)::
 
-    {prefix}:q:{queue}              list    the queue of a channel: a normal name, a full
-                                            ``name?local`` name, or the ``name!`` prefix
-                                            shared by every local channel of a process
-    {prefix}:g:{group}              zset    the queues holding members of the group, scored
-                                            by expiry (ms): normal members by name, local
-                                            members by their ``name!`` prefix
-    {prefix}:g:{group}:{name!}      zset    the local members of that process, by expiry
+    {prefix}:{n}:q:{channel}         list  the queue of a named channel (all named
+                                           channels share one tag: see below)
+    {prefix}:{{queue}}:q             list  the queue of a ``name?local`` channel, or of
+                                           every ``name!`` channel of one process
+    {prefix}:{{group}}:g             zset  the queues holding members of the group,
+                                           scored by expiry (ms): named and ``?``
+                                           members by name, local members by their
+                                           ``name!`` prefix
+    {prefix}:{{group}}:l:{name!}     zset  the local members of that process, by expiry
+    {prefix}:{{name!}}:m:{channel}   set   the groups a local channel is in, so that a
+                                           closed connection leaves every group
+
+Every script touches keys of one tag only, so each runs in one slot of a cluster:
+a send touches its queue, a membership change its group's two keys, a group send
+first reads its group (one round trip to the group's node) and then writes one record
+per member queue, in one round trip per node that holds member queues whatever the
+group's size. A process's ``name!`` queue and its channels' membership sets share
+its tag, so a process reads one slot. Named channels (``http.request``,
+``websocket.receive``...) share the tag ``n``: one channel is one list on one server
+anyway, and sharing a slot lets a worker wait on all of them in one blocking pop.
 
 Each record in a queue is ``EEEEEEEEEEEEE<name>:<msgpack>``: thirteen ASCII digits of
 the expiry in Unix milliseconds (fixed width, so Lua and Python compare them as
@@ -23,31 +39,41 @@ at the head of a queue are dropped by the next send (so they do not count agains
 capacity) and skipped by receivers; expired memberships are removed by the next
 ``group_add`` or group send. Nothing is left behind.
 
-A send, a group send (per shard) and a non-blocking receive are one round trip each:
-Lua scripts, loaded once and run with EVALSHA (re-loaded by redis-py after a server
-restart forgot them). A blocking receive whose channels all live on one server is one
-BLPOP. Channels are spread over several servers (*shards*) by a CRC-32 of their queue
-name, so every ``name!`` channel of a process lives on one shard; group memberships
-live on the shard of the member's queue, and a group send runs one script on each
-shard.
+A send and a non-blocking receive are one round trip each: Lua scripts, loaded once
+and run with EVALSHA (re-loaded after a server restart forgot them). On one server a
+group send is one script too. A blocking receive whose channels share a slot is one
+BLMPOP (BLPOP before Redis 7). Comma-joined URLs spread the tags over several servers
+by a CRC-32 (every process must list them in the same order); a cluster places them
+by slot, from the slot map it reads (``CLUSTER SLOTS``) and reads again when a node
+redirects a command (MOVED, ASK) or fails.
 
-Connections are pooled per shard and shared by threads; a forked child makes its own
+Connections are pooled per server and shared by threads; a forked child makes its own
 pools. A server that goes away makes calls raise LayerUnavailable (with the password
-masked); the pools reconnect on the next call once it is back.
+masked); the pools reconnect on the next call once it is back (behind Sentinel: to the
+master the sentinels name then; on a cluster: to the node that took over the slot).
+
+At-most-once, also across faults: a command whose connection the server closed
+before it was written (``CLIENT KILL``, a restart, an idle timeout) is sent again once
+on a new connection; one that may have run is sent again only where running it twice
+delivers nothing twice (reads, membership changes, pops: a pop whose reply was lost
+lost its messages with it), never a send. A send whose outcome is unknown raises
+LayerUnavailable. A failover may lose what the old master had not yet replicated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import re
+import select
 import threading
 import time
 import urllib.parse
 import weakref
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import mask_url, parse_options
@@ -65,9 +91,11 @@ from .base import (
 try:
     import redis
     import redis.asyncio
+    import redis.asyncio.sentinel
+    import redis.sentinel
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
-    from redis.commands.core import Script
+    from redis.crc import key_slot
     from redis.retry import Retry
 except ImportError:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
@@ -79,12 +107,15 @@ __all__ = ["DEFAULT_PREFIX", "DEFAULT_URL", "RedisChannelLayer"]
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "wsgi_channels"
 
-#: How long one BLPOP waits on one shard when a receive spans several shards (there is
-#: no blocking pop across servers, so the receive turns round the shards in slices).
+#: How long one BLPOP waits on one server (or slot) when a receive spans several
+#: (there is no blocking pop across them, so the receive turns round in slices).
 SHARD_SLICE = 0.05
-#: Seconds a thread's connection may sit unused before it is checked for a server
-#: that went away meanwhile (see _Shard.connection).
-IDLE_CHECK = 1.0
+#: Most redirections (MOVED, ASK, TRYAGAIN) one command follows before giving up
+#: (redis-py's cluster client allows 16 too); from the third on, each waits a little
+#: longer, as a slot being handed over can bounce a command between two nodes.
+MAX_REDIRECTS = 16
+#: Least time between two reads of a cluster's slot map after failures.
+SLOT_MAP_REFRESH = 0.1
 
 _DEFAULT_CONNECT_TIMEOUT = 2.0
 # Reads must outlast the longest BLPOP; the margin covers a busy server's reply.
@@ -92,8 +123,12 @@ _SOCKET_TIMEOUT_MARGIN = 2.0
 _MIN_SOCKET_TIMEOUT = 5.0
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_SERVICE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _SSL_OPTIONS = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_check_hostname",
                 "ssl_keyfile", "ssl_ca_path")  # fmt: skip
+_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SCHEMES = ("redis", "rediss", "unix", *_CLUSTER_SCHEMES, *_SENTINEL_SCHEMES)
 
 
 def _parse_bool(value: str) -> bool:
@@ -135,6 +170,11 @@ CONNECTION_OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_keyfile": str,
     "ssl_check_hostname": _parse_bool,
 }
+#: Options of a ``redis+sentinel://`` URL for the sentinels themselves.
+SENTINEL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "sentinel_username": str,
+    "sentinel_password": str,
+}
 
 # -- Lua ----------------------------------------------------------------------------
 # Expiry stamps are 13-digit strings, so `stamp > now` is a string comparison.
@@ -152,21 +192,9 @@ local function trim(key, now)
 end
 """
 
-# KEYS[1] queue; ARGV record, capacity, now, queue TTL (ms). Returns 1 if pushed, 0 if full.
-_SEND = (
-    _TRIM_HEAD
-    + """
-local key = KEYS[1]
-if trim(key, ARGV[3]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('RPUSH', key, ARGV[1])
-redis.call('PEXPIRE', key, ARGV[4])
-return 1
-"""
-)
-
-# KEYS one queue per message (repeats allowed); ARGV[1] now, ARGV[2] queue TTL (ms),
-# then (record, capacity) per message. Returns 1 (pushed) or 0 (full) per message, in
-# order: the messages of one burst, in one round trip.
+# KEYS one queue per message (repeats allowed; one slot); ARGV[1] now, ARGV[2] queue
+# TTL (ms), then (record, capacity) per message. Returns 1 (pushed) or 0 (full) per
+# message, in order: the messages of one burst, in one round trip.
 _SEND_MANY = (
     _TRIM_HEAD
     + """
@@ -189,7 +217,7 @@ return out
 """
 )
 
-# KEYS queues in the order to try; ARGV[1] now. Returns {key, record} or nil.
+# KEYS queues in the order to try (one slot); ARGV[1] now. Returns {key, record} or nil.
 _POP = """
 for _, key in ipairs(KEYS) do
   local record = redis.call('LPOP', key)
@@ -201,9 +229,11 @@ end
 return false
 """
 
-# KEYS[1] the group's zset of queues; ARGV queue key prefix, now, expiry stamp, queue
-# TTL (ms), group, message, default capacity, then (Lua pattern, capacity) pairs taken
-# from channel_capacity. Pushes one record per queue; returns how many were full.
+# One server only (it names queue keys in Lua, which a cluster forbids): the whole
+# group send in one round trip. KEYS[1] the group's zset of queues; ARGV key prefix,
+# now, expiry stamp, queue TTL (ms), group, message, default capacity, then (Lua
+# pattern, capacity) pairs taken from channel_capacity. Pushes one record per queue;
+# returns how many were full.
 _GROUP_SEND = (
     _TRIM_HEAD
     + """
@@ -219,12 +249,18 @@ for _, queue in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
       break
     end
   end
-  local key = ARGV[1] .. queue
+  local process = string.sub(queue, -1) == '!'
+  local key
+  if process or string.find(queue, '?', 1, true) then
+    key = ARGV[1] .. ':{' .. queue .. '}:q'
+  else
+    key = ARGV[1] .. ':{n}:q:' .. queue
+  end
   if trim(key, now) >= capacity then
     skipped = skipped + 1
   else
     local record
-    if string.sub(queue, -1) == '!' then
+    if process then
       grouped = grouped or (ARGV[3] .. '#' .. ARGV[5] .. ':' .. ARGV[6])
       record = grouped
     else
@@ -239,15 +275,22 @@ return skipped
 """
 )
 
+# KEYS[1] the group's zset of queues; ARGV[1] now (ms). Drops expired memberships and
+# returns the queues: the first step of a group send across servers.
+_GROUP_QUEUES = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
 _KEEP_TTL = """
 local function keep(key, ttl)
   if redis.call('PTTL', key) < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
 end
 """
 
-# KEYS[1] group zset, KEYS[2] (local channels only) the process's member zset; ARGV
-# queue, channel, expires (ms), now (ms), key TTL (ms). A queue's score is the latest
-# expiry of its members, so it is only ever raised.
+# KEYS[1] group zset, KEYS[2] (local channels only) the process's member zset (both
+# of the group's tag); ARGV queue, channel, expires (ms), now (ms), key TTL (ms). A
+# queue's score is the latest expiry of its members, so it is only ever raised.
 _GROUP_ADD = (
     _KEEP_TTL
     + """
@@ -260,8 +303,6 @@ if KEYS[2] then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
   redis.call('ZADD', KEYS[2], score, ARGV[2])
   keep(KEYS[2], ARGV[5])
-  redis.call('SADD', KEYS[3], ARGV[6])
-  keep(KEYS[3], ARGV[5])
 end
 return 1
 """
@@ -271,7 +312,6 @@ return 1
 # queue, channel, now. The queue leaves the group with its process's last member.
 _GROUP_DISCARD = """
 if KEYS[2] then
-  redis.call('SREM', KEYS[3], ARGV[4])
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
   if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -280,28 +320,26 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS[1] the set of groups a local channel is in; ARGV group key prefix, the channel's
-# queue, the channel, now (ms). Removes the channel from each of them (and its queue
-# from the group with its process's last member); the set goes too.
-_DISCARD_CHANNEL = """
-for _, group in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local members = ARGV[1] .. group .. ':' .. ARGV[2]
-  redis.call('ZREM', members, ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', members, '-inf', ARGV[4])
-  if redis.call('EXISTS', members) == 0 then redis.call('ZREM', ARGV[1] .. group, ARGV[2]) end
-end
-redis.call('DEL', KEYS[1])
+# KEYS[1] the set of groups a local channel is in (the process's tag); ARGV group,
+# key TTL (ms).
+_REMEMBER_GROUP = (
+    _KEEP_TTL
+    + """
+redis.call('SADD', KEYS[1], ARGV[1])
+keep(KEYS[1], ARGV[2])
 return 1
 """
+)
 
-# KEYS[1] group zset; ARGV[1] now. Returns the unexpired member channels on this shard.
+# KEYS[1] group zset; ARGV[1] now, ARGV[2] the name of its local member zsets up to
+# the queue (the same tag, hence the same slot: the keys this script names itself
+# live beside KEYS[1]). Returns the unexpired member channels.
 _GROUP_MEMBERS = """
 local now = '(' .. ARGV[1]
 local members = {}
 for _, queue in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
   if string.sub(queue, -1) == '!' then
-    local key = KEYS[1] .. ':' .. queue
-    for _, channel in ipairs(redis.call('ZRANGEBYSCORE', key, now, '+inf')) do
+    for _, channel in ipairs(redis.call('ZRANGEBYSCORE', ARGV[2] .. queue, now, '+inf')) do
       if channel ~= queue then members[#members + 1] = channel end
     end
   else
@@ -359,11 +397,37 @@ def glob_to_lua(pattern: str) -> str:
     return "".join(out)
 
 
-# -- the layer ----------------------------------------------------------------------
+def _closed_by_server(conn: Any) -> bool:
+    """Whether the server closed *conn* while it sat between commands: its socket is
+    readable (an EOF, or bytes no command asked for), found with one ``poll`` that
+    does not wait, so that a command is never written to a connection that cannot
+    answer it."""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return False
+    try:
+        if getattr(sock, "pending", None) is not None and sock.pending():
+            return True  # TLS: decrypted bytes already read from the socket
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
+class _Script:
+    """A Lua script: its source and the SHA-1 that EVALSHA names it by."""
+
+    __slots__ = ("script", "sha")
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()
 
 
 class _Shard:
-    """One Redis server: its pool, a client on it, and its URL with the password masked.
+    """One Redis server (standalone, a cluster master, or whichever master the
+    sentinels name): its pool, a client on it, and its URL with the password masked.
 
     The hot paths do not borrow from the pool: each thread keeps a connection of its
     own (:meth:`connection`). Checking a connection out of redis-py's pool and back
@@ -382,41 +446,59 @@ class _Shard:
         "opened",
         "pending",
         "pool",
+        "sentinel",
     )
 
-    def __init__(self, masked: str, pool_kwargs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        masked: str,
+        pool_kwargs: Mapping[str, Any],
+        sentinel: tuple[str, list[tuple[str, int]], dict[str, Any]] | None = None,
+    ) -> None:
         self.masked = masked
         self.kwargs = dict(pool_kwargs)
+        #: (service, sentinel addresses, sentinel connection kwargs) behind Sentinel.
+        self.sentinel = sentinel
         # Sends waiting to share a round trip (see RedisChannelLayer._push).
         self.combine = threading.Condition(threading.Lock())
         self.pending: list[_Send] = []
         self.busy = False
-        self.pool: redis.ConnectionPool = redis.ConnectionPool(**pool_kwargs)
+        self.pool: redis.ConnectionPool
+        if sentinel is None:
+            self.pool = redis.ConnectionPool(**pool_kwargs)
+        else:
+            service, addresses, sentinel_kwargs = sentinel
+            manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                addresses, sentinel_kwargs=sentinel_kwargs, **sentinel_kwargs
+            )
+            kwargs = {k: v for k, v in pool_kwargs.items() if k not in ("host", "port")}
+            # Connections that ask the sentinels where the master is (a plain class
+            # would connect to the default address instead).
+            if kwargs.pop("connection_class", None) is redis.SSLConnection:
+                kwargs["connection_class"] = redis.sentinel.SentinelManagedSSLConnection
+            self.pool = redis.sentinel.SentinelConnectionPool(service, manager, **kwargs)  # type: ignore[no-untyped-call]
         self.client: redis.Redis = redis.Redis(connection_pool=self.pool)
         self.local = threading.local()
         # Every thread's connection, so that close() can reach them all.
         self.opened: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    def connection(self) -> Any:
-        """This thread's connection (made on first use; it reconnects by itself)."""
+    def connection(self, *, check: bool = False) -> Any:
+        """This thread's connection (made on first use; it reconnects by itself).
+
+        With *check*, a connection the server closed meanwhile (a restart, ``CLIENT
+        KILL``, a timeout) is dropped here, before a command is written to it: the
+        command then goes out on a new one, where it runs exactly once. Sends ask for
+        that (a send cut on the wire is not sent again); other commands are sent again
+        when their reply is lost, so they skip the ``poll`` it costs."""
         local = self.local
         conn = getattr(local, "conn", None)
-        now = time.monotonic()
         if conn is None:
             pool = self.pool
             conn = pool.connection_class(**pool.connection_kwargs)
             local.conn = conn
             self.opened.add(conn)
-        elif now - local.used > IDLE_CHECK:
-            # After a quiet spell the server may have restarted: a socket that reads
-            # as ready now holds an EOF or garbage, so start afresh rather than fail
-            # the next command (redis-py's pool checks this on every checkout).
-            try:
-                if conn._sock is not None and conn.can_read():
-                    conn.disconnect()
-            except (redis.RedisError, OSError):
-                conn.disconnect()
-        local.used = now
+        elif check and _closed_by_server(conn):
+            conn.disconnect()
         return conn
 
     def disconnect(self) -> None:
@@ -437,19 +519,124 @@ class _Send:
         self.outcome: bool | ChannelsError | None = None
 
 
-# (shard, queue keys, queue name by key as Redis returns it)
+class _SlotMap:
+    """Where a cluster's slots live: the master of each slot, read with ``CLUSTER
+    SLOTS`` from any node that answers (the seeds, then every node seen before), and
+    read again after a redirection or a failure (at most every
+    :data:`SLOT_MAP_REFRESH` seconds). ``generation`` counts the reads that changed
+    something, so that cached plans know when they are stale."""
+
+    def __init__(
+        self,
+        seeds: list[tuple[str, int]],
+        node_kwargs: Mapping[str, Any],
+        masked: Callable[[str, int], str],
+    ) -> None:
+        self.seeds = list(seeds)
+        self.node_kwargs = dict(node_kwargs)
+        self.masked = masked
+        self.lock = threading.Lock()
+        self.nodes: dict[tuple[str, int], _Shard] = {}
+        self.known: list[tuple[str, int]] = list(seeds)
+        self.slots: list[_Shard | None] = []
+        self.generation = 0
+        self.stale = True
+        self.read_at = 0.0
+
+    def node(self, host: str, port: int) -> _Shard:
+        address = (host, int(port))
+        shard = self.nodes.get(address)
+        if shard is None:
+            with self.lock:
+                shard = self.nodes.get(address)
+                if shard is None:
+                    kwargs = {**self.node_kwargs, "host": address[0], "port": address[1]}
+                    shard = self.nodes[address] = _Shard(self.masked(*address), kwargs)
+        return shard
+
+    def shard(self, slot: int) -> _Shard:
+        if self.stale:
+            self.refresh()
+        slots = self.slots
+        shard = slots[slot] if slots else None
+        if shard is None:
+            raise LayerUnavailable(
+                f"Redis Cluster at {self.masked(*self.seeds[0])}: slot {slot} has no master"
+            )
+        return shard
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Read the slot map again (throttled unless *force*); LayerUnavailable when
+        no node answers."""
+        with self.lock:
+            now = time.monotonic()
+            if not force and self.slots and now - self.read_at < SLOT_MAP_REFRESH:
+                return
+            self.read_at = now
+            errors = []
+            for host, port in [*self.known, *self.seeds]:
+                kwargs = {**self.node_kwargs, "host": host, "port": port}
+                kwargs["socket_timeout"] = min(kwargs.get("socket_timeout", 2.0), 2.0)
+                # Through a pool: redis.Redis() takes no connection class (TLS).
+                client = redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
+                try:
+                    reply = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+                except (redis.RedisError, OSError) as exc:
+                    errors.append(exc)
+                    continue
+                finally:
+                    client.close()
+                self._apply(reply, host)
+                return
+        self.stale = True
+        raise LayerUnavailable(
+            f"no node of the Redis Cluster at {self.masked(*self.seeds[0])} answers: "
+            f"{errors[-1] if errors else 'no address'}"
+        )
+
+    def _apply(self, reply: Any, asked: str) -> None:
+        # Called with the lock held; node() would take it again.
+        slots: list[_Shard | None] = [None] * 16384
+        known: list[tuple[str, int]] = []
+        for entry in reply:
+            start, end = int(entry[0]), int(entry[1])
+            addresses = []
+            for node in entry[2:]:
+                host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+                addresses.append((host or asked, int(node[1])))
+            known += [a for a in addresses if a not in known]
+            address = addresses[0]
+            shard = self.nodes.get(address)
+            if shard is None:
+                kwargs = {**self.node_kwargs, "host": address[0], "port": address[1]}
+                shard = self.nodes[address] = _Shard(self.masked(*address), kwargs)
+            slots[start : end + 1] = [shard] * (end - start + 1)
+        if slots != self.slots:
+            self.generation += 1
+        self.slots = slots
+        self.known = known or self.known
+        self.stale = False
+
+
+# (shard, queue keys of one slot, queue name by key as Redis returns it)
 _Plan = list[tuple[_Shard, list[str], dict[bytes, str]]]
+# (shard, command arguments): one command, in a batch that goes one round trip per shard
+_Command = tuple[_Shard, tuple[Any, ...]]
 
 
 class RedisChannelLayer(BaseChannelLayer):
-    """A layer on Redis (URLs ``redis://``, ``rediss://``, ``unix://``; see
+    """A layer on Redis (URLs ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+cluster://``, ``redis+sentinel://`` and their TLS forms; see
     :meth:`from_url`).
 
-    *hosts* are Redis URLs, one per shard; their query strings may carry redis-py
-    connection parameters (:data:`CONNECTION_OPTIONS`), and connection parameters given
-    as keyword *options* apply to every host. The other *options* are the layer
-    options of :class:`BaseChannelLayer`. Every shard must be listed in the same order
-    by every process: a channel's shard is chosen by its position.
+    *hosts* are Redis URLs: one per shard; with ``cluster=True`` the seed nodes of one
+    Redis Cluster (any nodes: the others are discovered); with ``sentinel="name"`` the
+    sentinels that watch the master of that service (their URL paths are ignored; the
+    database and credentials of the master come from *options*). Their query strings
+    may carry redis-py connection parameters (:data:`CONNECTION_OPTIONS`), and
+    connection parameters given as keyword *options* apply to every host. The other
+    *options* are the layer options of :class:`BaseChannelLayer`. Every shard must be
+    listed in the same order by every process: a key's shard is chosen by position.
 
     Raises ConfigurationError for a bad URL or option (the message names what is
     accepted and never shows a password); nothing connects until the first call.
@@ -462,14 +649,20 @@ class RedisChannelLayer(BaseChannelLayer):
         self,
         *,
         hosts: list[str] | str | None = None,
+        cluster: bool = False,
+        sentinel: str | None = None,
         prefix: str = DEFAULT_PREFIX,
         **options: Any,
     ) -> None:
         connection = {k: options.pop(k) for k in list(options) if k in CONNECTION_OPTIONS}
+        sentinel_options = {k: options.pop(k) for k in list(options) if k in SENTINEL_OPTIONS}
         try:
             super().__init__(**options)
         except TypeError as exc:
-            accepted = sorted([*_layer_option_names(), "hosts", "prefix", *CONNECTION_OPTIONS])
+            accepted = sorted(
+                [*_layer_option_names(), "hosts", "cluster", "sentinel", "prefix",
+                 *CONNECTION_OPTIONS, *SENTINEL_OPTIONS]
+            )  # fmt: skip
             raise ConfigurationError(
                 f"{exc}; RedisChannelLayer accepts: {', '.join(accepted)}"
             ) from None
@@ -480,14 +673,33 @@ class RedisChannelLayer(BaseChannelLayer):
             self.prefix = _parse_prefix(prefix)
         except ValueError as exc:
             raise ConfigurationError(f"bad prefix {prefix!r}: {exc}") from None
-        #: The shard URLs, passwords masked (safe to log).
+        if cluster and sentinel:
+            raise ConfigurationError("a Redis layer is either on a cluster or behind Sentinel")
+        if sentinel is not None and not _SERVICE.match(sentinel):
+            raise ConfigurationError(f"bad Sentinel service name {sentinel!r}")
+        if sentinel_options and sentinel is None:
+            raise ConfigurationError(
+                f"{', '.join(sorted(sentinel_options))} need a redis+sentinel:// URL"
+            )
+        self.cluster = bool(cluster)
+        #: The Sentinel service name, or None.
+        self.sentinel = sentinel
+        self._sentinel_options = sentinel_options
+        #: The shard URLs (cluster seeds, sentinels), passwords masked (safe to log).
         self.hosts = [mask_url(h) for h in hosts]
+        if cluster and "db" in connection and connection["db"] != 0:
+            raise ConfigurationError("a Redis Cluster has database 0 only")
         self._pool_kwargs = [self._pool_options(h, connection) for h in hosts]
+        if cluster:
+            for url, kwargs in zip(self.hosts, self._pool_kwargs, strict=True):
+                if kwargs.get("db", 0) != 0:
+                    raise ConfigurationError(f"a Redis Cluster has database 0 only: {url!r}")
+                if "path" in kwargs:
+                    raise ConfigurationError(f"cluster nodes are reached over TCP, not {url!r}")
         socket_timeout = min(kw["socket_timeout"] for kw in self._pool_kwargs)
         # BLPOP must return before the socket read times out.
         self._max_block = max(0.01, min(self.receive_timeout, socket_timeout - 1.0))
-        self._queue_prefix = f"{self.prefix}:q:"
-        self._group_prefix = f"{self.prefix}:g:"
+        self._named_prefix = f"{self.prefix}:{{n}}:q:"
         self._queue_ttl = int((self.expiry + 1.0) * 1000)
         self._group_ttl = int((self.group_expiry + 1.0) * 1000)
         self._expiry_ms = int(self.expiry * 1000)
@@ -503,10 +715,20 @@ class RedisChannelLayer(BaseChannelLayer):
             redis://[[username]:password@]host[:port][/db][?option=value&...]
             rediss://[[username]:password@]host[:port][/db][?...]    TLS
             unix://[[username]:password@]/path/to/socket.sock[?db=0&...]
+            redis+cluster://[[username]:password@]host:port[,host:port...][?...]
+            rediss+cluster://...                                       TLS
+            redis+sentinel://[[username]:password@]host:port[,host:port...]/service[/db][?...]
+            rediss+sentinel://...                                      TLS
+
+        A cluster URL names any of its nodes (the others are discovered); a Sentinel
+        URL names the sentinels and the service whose master they watch (the
+        credentials are the master's; ``sentinel_username`` and ``sentinel_password``
+        are the sentinels' own, if they have any).
 
         The username and password are percent-decoded. The database comes from the
-        path or from ``db=`` (not both). Query parameters are either layer options,
-        which may appear on any of the URLs but must agree::
+        path or from ``db=`` (not both; a cluster has only database 0). Query
+        parameters are either layer options, which may appear on any of the URLs but
+        must agree::
 
             expiry, group_expiry, capacity, channel_capacity, max_message_size,
             receive_timeout, prefix (key namespace, default "wsgi_channels")
@@ -516,35 +738,99 @@ class RedisChannelLayer(BaseChannelLayer):
             db, username, password, socket_timeout, socket_connect_timeout,
             socket_keepalive, health_check_interval, client_name, max_connections,
             ssl_cert_reqs (none|optional|required), ssl_ca_certs, ssl_ca_path,
-            ssl_certfile, ssl_keyfile, ssl_check_hostname (rediss:// only)
+            ssl_certfile, ssl_keyfile, ssl_check_hostname (rediss only)
 
         Defaults: ``socket_connect_timeout=2``, ``socket_timeout`` the larger of 5 and
         ``receive_timeout + 2`` (it must outlast a blocking receive). Anything else
         raises ConfigurationError naming what is accepted; passwords never appear in
         its message.
         """
+        scheme = url.strip().partition("://")[0].lower()
+        if scheme in _CLUSTER_SCHEMES or scheme in _SENTINEL_SCHEMES:
+            return cls._from_multi_host_url(url.strip(), scheme)
         options: dict[str, Any] = {}
         hosts = []
         for part in url.split(","):
             part = part.strip()
+            if part.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+                raise ConfigurationError(
+                    f"unknown Redis URL {mask_url(part)!r} in {mask_url(url)!r}; accepted"
+                    " schemes of comma-joined URLs: redis://, rediss://, unix:// (a cluster"
+                    " or Sentinel URL lists its hosts itself: redis+cluster://a:7000,b:7001)"
+                )
             parsed = urllib.parse.urlsplit(part)
-            extra = {**CONNECTION_OPTIONS, "prefix": _parse_prefix}
-            parsed_options = parse_options(part, parsed.query, extra)
-            host_query = []
-            for key, value in urllib.parse.parse_qsl(parsed.query, keep_blank_values=True):
-                if key in CONNECTION_OPTIONS:
-                    host_query.append((key, value))
-                    continue
-                typed = parsed_options[key]
-                if key in options and options[key] != typed:
-                    raise ConfigurationError(
-                        f"option {key!r} has different values in layer URL {mask_url(url)!r}"
-                    )
-                options[key] = typed
-            # Rebuilt by hand: urlunsplit() would turn "unix:///path" into "unix:/path".
-            base = part.partition("?")[0]
-            hosts.append(f"{base}?{urllib.parse.urlencode(host_query)}" if host_query else base)
+            hosts.append(cls._split_query(part, parsed.query, url, options))
         return cls(hosts=hosts, **options)
+
+    @staticmethod
+    def _split_query(part: str, query: str, url: str, options: dict[str, Any]) -> str:
+        """*part* keeping only its connection parameters; the layer options of its
+        query go into *options* (they must agree across parts)."""
+        extra = {**CONNECTION_OPTIONS, **SENTINEL_OPTIONS, "prefix": _parse_prefix}
+        parsed_options = parse_options(part, query, extra)
+        host_query = []
+        for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if key in CONNECTION_OPTIONS:
+                host_query.append((key, value))
+                continue
+            typed = parsed_options[key]
+            if key in options and options[key] != typed:
+                raise ConfigurationError(
+                    f"option {key!r} has different values in layer URL {mask_url(url)!r}"
+                )
+            options[key] = typed
+        # Rebuilt by hand: urlunsplit() would turn "unix:///path" into "unix:/path".
+        base = part.partition("?")[0]
+        return f"{base}?{urllib.parse.urlencode(host_query)}" if host_query else base
+
+    @classmethod
+    def _from_multi_host_url(cls, url: str, scheme: str) -> RedisChannelLayer:
+        base_scheme = "rediss" if scheme.startswith("rediss") else "redis"
+        rest = url.partition("://")[2]
+        rest, _, query = rest.partition("?")
+        netloc, slash, path = rest.partition("/")
+        userinfo, at, host_list = netloc.rpartition("@")
+        if not host_list.strip():
+            raise ConfigurationError(f"layer URL {mask_url(url)!r} names no host")
+        options: dict[str, Any] = {}
+        if scheme in _SENTINEL_SCHEMES:
+            service, _, db = path.strip("/").partition("/")
+            if not service:
+                raise ConfigurationError(
+                    f"layer URL {mask_url(url)!r} names no service: "
+                    f"{scheme}://host:26379[,host:26379...]/service_name[/db]"
+                )
+            if not _SERVICE.match(service):
+                raise ConfigurationError(
+                    f"bad Sentinel service name {service!r} in {mask_url(url)!r}"
+                )
+            if db and not db.isdigit():
+                raise ConfigurationError(
+                    f"bad database {db!r} in layer URL {mask_url(url)!r}: expected a number"
+                )
+            path = db
+            options["sentinel"] = service
+        else:
+            if path.strip("/") not in ("", "0"):
+                raise ConfigurationError(
+                    f"a Redis Cluster has database 0 only, not {path!r} in {mask_url(url)!r}"
+                )
+            path = ""
+            options["cluster"] = True
+        hosts = []
+        for host in host_list.split(","):
+            host = host.strip()
+            if not host:
+                raise ConfigurationError(f"empty host in layer URL {mask_url(url)!r}")
+            if scheme in _SENTINEL_SCHEMES and not re.search(r":\d+$", host):
+                host += ":26379"
+            auth = userinfo + at
+            part = f"{base_scheme}://{auth}{host}{slash}{path}"
+            if query:
+                part += "?" + query
+            hosts.append(cls._split_query(part, query, url, options))
+        sentinel_options = {k: options.pop(k) for k in list(options) if k in SENTINEL_OPTIONS}
+        return cls(hosts=hosts, **options, **sentinel_options)
 
     def _pool_options(self, url: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
         """redis-py ConnectionPool arguments for one host URL, strictly checked."""
@@ -552,7 +838,8 @@ class RedisChannelLayer(BaseChannelLayer):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
-                f"unknown Redis URL {masked!r}; accepted schemes: redis://, rediss://, unix://"
+                f"unknown Redis URL {masked!r}; accepted schemes: "
+                + ", ".join(f"{s}://" for s in SCHEMES)
             )
         query = parse_options(url, parsed.query, CONNECTION_OPTIONS)
         common = set(query) & set(_layer_option_names())
@@ -598,10 +885,9 @@ class RedisChannelLayer(BaseChannelLayer):
         kwargs.setdefault("socket_connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
         if kwargs["socket_timeout"] <= 0 or kwargs["socket_connect_timeout"] <= 0:
             raise ConfigurationError(f"socket timeouts must be positive in {masked!r}")
-        # No retries and no back-off: a call during an outage must fail promptly, and
-        # a retried send whose first try did run would deliver twice. Sockets that
-        # died with a restarted server are not a reason to retry: the pool checks
-        # each connection it hands out and reconnects a dead one.
+        # redis-py retries nothing: which commands may go out again after a dropped
+        # connection is decided here (see _send_and_read), since a retried send whose
+        # first try did run would deliver twice.
         kwargs["retry"] = Retry(NoBackoff(), 0)
         # RESP2: the replies we read are plain lists and strings, and its parser is
         # the cheaper one.
@@ -609,23 +895,75 @@ class RedisChannelLayer(BaseChannelLayer):
         return kwargs
 
     def _connect(self) -> None:
-        self._plans: dict[tuple[str, ...], _Plan] = {}  # plans name shards
-        self._shards = [
-            _Shard(masked, kwargs)
-            for masked, kwargs in zip(self.hosts, self._pool_kwargs, strict=True)
-        ]
-        client = self._shards[0].client
+        self._plans: dict[tuple[str, ...], tuple[int, _Plan]] = {}  # plans name shards
+        self._slot_map: _SlotMap | None = None
+        if self.cluster:
+            seeds = [(kw["host"], int(kw["port"])) for kw in self._pool_kwargs]
+            node_kwargs = {
+                k: v for k, v in self._pool_kwargs[0].items() if k not in ("host", "port")
+            }
+            scheme = "rediss" if self.hosts[0].startswith("rediss") else "redis"
+            self._slot_map = _SlotMap(
+                seeds, node_kwargs, lambda host, port: f"{scheme}+cluster node {host}:{port}"
+            )
+            self._shards: list[_Shard] = []
+        elif self.sentinel is not None:
+            addresses = [(kw["host"], int(kw["port"])) for kw in self._pool_kwargs]
+            first = self._pool_kwargs[0]
+            sentinel_kwargs: dict[str, Any] = {
+                "socket_timeout": min(first["socket_timeout"], 2.0),
+                "socket_connect_timeout": first["socket_connect_timeout"],
+                "retry": Retry(NoBackoff(), 0),
+                "protocol": 2,
+            }
+            if self._sentinel_options.get("sentinel_username"):
+                sentinel_kwargs["username"] = self._sentinel_options["sentinel_username"]
+            if self._sentinel_options.get("sentinel_password"):
+                sentinel_kwargs["password"] = self._sentinel_options["sentinel_password"]
+            if first.get("connection_class") is redis.SSLConnection:
+                # Sentinels over TLS too (redis.Redis takes ssl=, not a class).
+                sentinel_kwargs["ssl"] = True
+                for key in _SSL_OPTIONS:
+                    if key in first:
+                        sentinel_kwargs[key] = first[key]
+            hosts = ",".join(f"{h}:{p}" for h, p in addresses)
+            scheme = "rediss" if self.hosts[0].startswith("rediss") else "redis"
+            masked = f"{scheme}+sentinel://{hosts}/{self.sentinel} (master)"
+            self._shards = [
+                _Shard(masked, first, sentinel=(self.sentinel, addresses, sentinel_kwargs))
+            ]
+        else:
+            self._shards = [
+                _Shard(masked, kwargs)
+                for masked, kwargs in zip(self.hosts, self._pool_kwargs, strict=True)
+            ]
+        # One server holds every key: a group send is one script there.
+        self._one_server = self._slot_map is None and len(self._shards) == 1
         # Script objects hold only the source and its SHA-1; _run() sends them to
-        # any shard, and loads them again where a restarted server forgot them.
-        self._send_script: Script = client.register_script(_SEND)
-        self._pop_script: Script = client.register_script(_POP)
-        self._group_send_script: Script = client.register_script(_GROUP_SEND)
-        self._group_add_script: Script = client.register_script(_GROUP_ADD)
-        self._group_discard_script: Script = client.register_script(_GROUP_DISCARD)
-        self._discard_channel_script: Script = client.register_script(_DISCARD_CHANNEL)
-        self._group_members_script: Script = client.register_script(_GROUP_MEMBERS)
-        self._queue_stats_script: Script = client.register_script(_QUEUE_STATS)
-        self._send_many_script: Script = client.register_script(_SEND_MANY)
+        # any server, and loads them again where a restarted server forgot them.
+        self._send_many_script = _Script(_SEND_MANY)
+        self._pop_script = _Script(_POP)
+        self._group_send_script = _Script(_GROUP_SEND)
+        self._group_queues_script = _Script(_GROUP_QUEUES)
+        self._group_add_script = _Script(_GROUP_ADD)
+        self._group_discard_script = _Script(_GROUP_DISCARD)
+        self._remember_script = _Script(_REMEMBER_GROUP)
+        self._group_members_script = _Script(_GROUP_MEMBERS)
+        self._queue_stats_script = _Script(_QUEUE_STATS)
+        self._scripts = {
+            s.sha: s
+            for s in (
+                self._send_many_script,
+                self._pop_script,
+                self._group_send_script,
+                self._group_queues_script,
+                self._group_add_script,
+                self._group_discard_script,
+                self._remember_script,
+                self._group_members_script,
+                self._queue_stats_script,
+            )
+        }
         self._has_lmpop: bool | None = None  # LMPOP/BLMPOP: Redis 7.0 and later
 
     def async_face(self) -> RedisFace:
@@ -639,22 +977,67 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def close(self) -> None:
         """Disconnect every pool. Using the layer afterwards connects again."""
-        for shard in self._shards:
+        for shard in self._all_shards():
             shard.disconnect()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} hosts={self.hosts!r} prefix={self.prefix!r}>"
+        kind = (
+            " cluster" if self.cluster else f" sentinel={self.sentinel!r}" if self.sentinel else ""
+        )
+        return f"<{type(self).__name__}{kind} hosts={self.hosts!r} prefix={self.prefix!r}>"
 
-    # -- helpers ------------------------------------------------------------------
+    # -- keys and where they live -------------------------------------------------
 
-    def _shard(self, queue: str) -> _Shard:
+    def _queue_key(self, queue: str) -> str:
+        if queue[-1] == "!" or "?" in queue:
+            return f"{self.prefix}:{{{queue}}}:q"
+        return self._named_prefix + queue
+
+    def _group_key(self, group: str) -> str:
+        return f"{self.prefix}:{{{group}}}:g"
+
+    def _local_key(self, group: str, queue: str) -> str:
+        return f"{self.prefix}:{{{group}}}:l:{queue}"
+
+    def _channel_groups_key(self, channel: str) -> str:
+        return f"{self.prefix}:{{{non_local_name(channel)}}}:m:{channel}"
+
+    def _all_shards(self) -> list[_Shard]:
+        """Every server: the shards, or the cluster's masters (read from the map)."""
+        if self._slot_map is None:
+            return self._shards
+        slot_map = self._slot_map
+        if slot_map.stale:
+            slot_map.refresh()
+        seen: dict[int, _Shard] = {}
+        for shard in slot_map.slots:
+            if shard is not None:
+                seen.setdefault(id(shard), shard)
+        return list(seen.values())
+
+    def _shard_of(self, key: str) -> _Shard:
+        """The server holding *key* (by its hash tag)."""
+        if self._slot_map is not None:
+            return self._slot_map.shard(key_slot(key.encode("ascii")))
         shards = self._shards
         if len(shards) == 1:
             return shards[0]
-        return shards[zlib.crc32(queue.encode("ascii")) % len(shards)]
+        tag = key[key.index("{") + 1 : key.index("}")]
+        return shards[zlib.crc32(tag.encode("ascii")) % len(shards)]
 
-    def _error(self, shard: _Shard, exc: redis.RedisError) -> Exception:
+    def _slot_of(self, key: str) -> int:
+        """The key's cluster slot; 0 off a cluster, where every key of a server may
+        share a script."""
+        return key_slot(key.encode("ascii")) if self._slot_map is not None else 0
+
+    def _routing(self) -> int:
+        """Changes whenever keys may have moved to other servers."""
+        return self._slot_map.generation if self._slot_map is not None else 0
+
+    def _error(self, shard: _Shard, exc: BaseException) -> Exception:
         """The ChannelsError to raise for a redis-py error (never showing a password)."""
+        if isinstance(exc, ChannelsError):
+            return exc
         if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError):
             return ConfigurationError(f"Redis at {shard.masked} refused the credentials: {exc}")
         if isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc):
@@ -662,6 +1045,10 @@ class RedisChannelLayer(BaseChannelLayer):
                 f"Redis at {shard.masked} is out of memory (maxmemory reached; nothing is "
                 f"sent until it has room): {exc}"
             )
+        if self._slot_map is not None and isinstance(
+            exc, redis.ConnectionError | redis.TimeoutError | redis.exceptions.ClusterDownError
+        ):
+            self._slot_map.stale = True  # the node may have failed over
         return LayerUnavailable(f"Redis at {shard.masked} is unavailable: {exc}")
 
     @staticmethod
@@ -669,36 +1056,175 @@ class RedisChannelLayer(BaseChannelLayer):
         return b"%013d" % int(seconds * 1000)
 
     @staticmethod
-    def _execute(shard: _Shard, *args: Any) -> Any:
-        """Send one command on a pooled connection and return its raw reply.
+    def _send_and_read(shard: _Shard, args: tuple[Any, ...], retry: bool) -> Any:
+        """Send one command on this thread's connection and return its raw reply.
 
         The hot paths use this rather than ``redis.Redis`` methods: it skips the
         client's retry and observability wrappers and the reply callbacks (the
         replies we read need none), about a third of the client-side cost of a call.
-        """
-        conn = shard.connection()
-        try:
-            conn.send_command(*args)
-            return conn.read_response()
-        except redis.ResponseError:
-            raise  # an error reply (NOSCRIPT, ...): the connection is fine
-        except BaseException:
-            # Whatever the failure (a timeout mid-reply, an interrupt), the
-            # connection's state is unknown: the next command starts afresh.
-            conn.disconnect()
-            raise
 
-    def _run(self, shard: _Shard, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Run a Lua script on *shard* in one round trip (two more the first time
-        after a restart emptied the server's script cache)."""
-        try:
+        A command that could not be written (the connection was refused or broken)
+        is sent once more on a new connection, since it did not run; one whose reply
+        was lost with the connection only if *retry* says running it twice is
+        harmless. Timeouts are never retried: the server may be stuck."""
+        conn = shard.connection(check=not retry)
+        for attempt in (0, 1):
+            written = False
             try:
-                return self._execute(shard, "EVALSHA", script.sha, len(keys), *keys, *args)
+                if shard.sentinel is not None and conn._sock is None:
+                    conn.connect()  # asks the sentinels (sending would not)
+                conn.send_command(*args)
+                written = True
+                return conn.read_response()
+            except redis.ResponseError:
+                raise  # an error reply (NOSCRIPT, MOVED, ...): the connection is fine
+            except BaseException as exc:
+                # Whatever the failure (a timeout mid-reply, an interrupt), the
+                # connection's state is unknown: the next command starts afresh.
+                conn.disconnect()
+                if attempt or not isinstance(exc, redis.ConnectionError) or (written and not retry):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _execute(self, shard: _Shard, *args: Any, retry: bool = True) -> Any:
+        """One command on *shard*, following a cluster's redirections: MOVED (the
+        slot lives elsewhere now: read the map again), ASK (a slot in migration:
+        this key is already on the target) and TRYAGAIN (wait for the migration).
+        Each redirection means the command did not run, so it is sent again."""
+        asking = False
+        for attempt in range(MAX_REDIRECTS):
+            try:
+                if asking:
+                    self._send_and_read(shard, ("ASKING",), True)
+                return self._send_and_read(shard, args, retry)
             except redis.exceptions.NoScriptError:
-                self._execute(shard, "SCRIPT", "LOAD", script.script)
-                return self._execute(shard, "EVALSHA", script.sha, len(keys), *keys, *args)
+                # A restarted server, or a node the command was redirected to.
+                self._send_and_read(shard, ("SCRIPT", "LOAD", self._scripts[args[1]].script), True)
+                continue
+            except redis.exceptions.MovedError as exc:
+                if self._slot_map is None:
+                    raise
+                self._slot_map.stale = True
+                shard = self._slot_map.node(exc.host, exc.port)
+                asking = False
+            except redis.exceptions.AskError as exc:
+                if self._slot_map is None:
+                    raise
+                shard = self._slot_map.node(exc.host, exc.port)
+                asking = True
+            except redis.exceptions.TryAgainError:
+                pass
+            if attempt >= 1:
+                time.sleep(0.005 * attempt)
+        raise redis.exceptions.ClusterError(f"more than {MAX_REDIRECTS} redirections")
+
+    def _run(
+        self,
+        shard: _Shard,
+        script: _Script,
+        keys: list[str],
+        args: Sequence[Any],
+        *,
+        retry: bool = True,
+    ) -> Any:
+        """Run a Lua script on *shard* in one round trip (two more the first time
+        after a restart emptied the server's script cache). *retry*: whether running
+        it twice is harmless (see :meth:`_send_and_read`); sends say no."""
+        try:
+            return self._execute(shard, "EVALSHA", script.sha, len(keys), *keys, *args, retry=retry)
         except redis.RedisError as exc:
             raise self._error(shard, exc) from exc
+
+    def _run_batch(self, commands: list[_Command], *, retry: bool = True) -> list[Any]:
+        """Run *commands* (EVALSHA or plain) in one round trip, whatever the number of
+        servers: each server's are written at once, to every server before any reply
+        is read. Returns each reply, or the ChannelsError that refused it, in order.
+        Replies that need more (NOSCRIPT, a redirection) are followed up one by one."""
+        by_shard: dict[int, tuple[_Shard, list[int]]] = {}
+        for index, (shard, _args) in enumerate(commands):
+            by_shard.setdefault(id(shard), (shard, []))[1].append(index)
+        replies: list[Any] = [None] * len(commands)
+        sent: list[tuple[_Shard, list[int], list[tuple[Any, ...]], Any]] = []
+        for shard, indexes in by_shard.values():
+            batch = [commands[i][1] for i in indexes]
+            try:
+                sent.append((shard, indexes, batch, self._write(shard, batch, not retry)))
+            except redis.RedisError as exc:
+                error = self._error(shard, exc)
+                for index in indexes:
+                    replies[index] = error
+        for shard, indexes, batch, conn in sent:
+            try:
+                try:
+                    got = self._read(conn, len(batch))
+                except redis.ConnectionError:
+                    if not retry:
+                        raise
+                    got = self._read(self._write(shard, batch, False), len(batch))
+            except redis.RedisError as exc:
+                error = self._error(shard, exc)
+                for index in indexes:
+                    replies[index] = error
+                continue
+            for index, args, reply in zip(indexes, batch, got, strict=True):
+                if isinstance(reply, redis.ResponseError):
+                    reply = self._follow_up(shard, args, reply, retry)
+                replies[index] = reply
+        return replies
+
+    @staticmethod
+    def _write(shard: _Shard, batch: list[tuple[Any, ...]], check: bool) -> Any:
+        """Write *batch* at once on this thread's connection to *shard* (once more on a
+        new connection if it could not be written: then it did not run); returns the
+        connection to read the replies from. *check*: see :meth:`_Shard.connection`."""
+        conn = shard.connection(check=check)
+        for attempt in (0, 1):
+            try:
+                if shard.sentinel is not None and conn._sock is None:
+                    conn.connect()  # asks the sentinels (sending would not)
+                conn.send_packed_command(conn.pack_commands(batch))
+                return conn
+            except BaseException as exc:
+                conn.disconnect()
+                if attempt or not isinstance(exc, redis.ConnectionError):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _read(conn: Any, count: int) -> list[Any]:
+        """*count* replies (an error reply as its exception); any other failure leaves
+        the connection's state unknown, so it is dropped."""
+        got: list[Any] = []
+        try:
+            for _ in range(count):
+                try:
+                    got.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    got.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        return got
+
+    def _follow_up(
+        self, shard: _Shard, args: tuple[Any, ...], error: redis.ResponseError, retry: bool
+    ) -> Any:
+        """The reply to *args* after *error*: run again where the error means it did
+        not run (NOSCRIPT, a redirection), else the error as a ChannelsError."""
+        try:
+            if isinstance(error, redis.exceptions.NoScriptError):
+                return self._execute(shard, *args, retry=retry)  # loads it first
+            if self._slot_map is not None and isinstance(
+                error, redis.exceptions.AskError | redis.exceptions.TryAgainError
+            ):
+                self._slot_map.stale = True
+                key = args[3] if args[0] == "EVALSHA" else args[1]
+                return self._execute(self._shard_of(key), *args, retry=retry)
+            return self._error(shard, error)
+        except ChannelsError as exc:
+            return exc
+        except redis.RedisError as exc:
+            return self._error(shard, exc)
 
     # -- storage hooks ------------------------------------------------------------
 
@@ -707,17 +1233,17 @@ class RedisChannelLayer(BaseChannelLayer):
         # A local channel's full name travels in the record; others are the queue's.
         name = channel.encode("ascii") if len(queue) != len(channel) else b""
         record = b"%013d%s:%s" % (int(expires * 1000), name, data)
-        return _Send(self._queue_prefix + queue, record, self.get_capacity(queue))
+        return _Send(self._queue_key(queue), record, self.get_capacity(queue))
 
     def _push(self, channel: str, data: bytes, expires: float) -> bool:
         """Sends made at the same moment by several threads share one round trip
         (group commit): a thread whose send finds no round trip in flight on the
-        shard takes every send queued there and runs them in one script; a thread
-        that finds one in flight queues its send and waits for it to be taken by the
-        next. A lone thread pays exactly one round trip; nothing waits for a batch
-        to fill."""
+        server takes every send queued there and runs them in one script per slot; a
+        thread that finds one in flight queues its send and waits for it to be taken
+        by the next. A lone thread pays exactly one round trip; nothing waits for a
+        batch to fill."""
         entry = self._send_record(channel, data, expires)
-        shard = self._shard(non_local_name(channel))
+        shard = self._shard_of(entry.key)
         with shard.combine:
             shard.pending.append(entry)
             while entry.outcome is None:
@@ -737,50 +1263,116 @@ class RedisChannelLayer(BaseChannelLayer):
             raise entry.outcome
         return entry.outcome
 
-    def _send_batch(self, shard: _Shard, batch: list[_Send]) -> None:
-        args: list[Any] = [self._stamp(time.time()), self._queue_ttl]
+    def _send_commands(self, shard: _Shard, batch: list[_Send]) -> list[tuple[list[_Send], Any]]:
+        """The send scripts for *batch*: one per slot (a cluster runs a script in one
+        slot), each with the entries it carries."""
+        by_slot: dict[int, list[_Send]] = {}
         for entry in batch:
-            args += [entry.record, entry.capacity]
+            by_slot.setdefault(self._slot_of(entry.key), []).append(entry)
+        now = self._stamp(time.time())
+        commands = []
+        for entries in by_slot.values():
+            args: list[Any] = [
+                "EVALSHA",
+                self._send_many_script.sha,
+                len(entries),
+                *(e.key for e in entries),
+                now,
+                self._queue_ttl,
+            ]
+            for entry in entries:
+                args += [entry.record, entry.capacity]
+            commands.append((entries, tuple(args)))
+        return commands
+
+    def _send_batch(self, shard: _Shard, batch: list[_Send]) -> None:
+        self._send_on(shard, self._send_commands(shard, batch))
+
+    def _send_on(self, shard: _Shard, commands: list[tuple[list[_Send], Any]]) -> None:
         try:
-            replies = self._run(shard, self._send_many_script, [e.key for e in batch], args)
+            if len(commands) == 1:
+                entries, args = commands[0]
+                keys = [e.key for e in entries]
+                script_args = args[3 + len(keys) :]  # after EVALSHA, the SHA, numkeys, keys
+                reply = self._run(shard, self._send_many_script, keys, script_args, retry=False)
+                replies = [reply]
+            else:
+                replies = self._run_batch([(shard, args) for _e, args in commands], retry=False)
         except ChannelsError as exc:
-            for entry in batch:
-                entry.outcome = exc
+            for entries, _args in commands:
+                for entry in entries:
+                    entry.outcome = exc
             return
         except BaseException:
-            for entry in batch:
-                entry.outcome = LayerUnavailable(f"Redis at {shard.masked}: send interrupted")
+            for entries, _args in commands:
+                for entry in entries:
+                    entry.outcome = LayerUnavailable(f"Redis at {shard.masked}: send interrupted")
             raise
-        for entry, reply in zip(batch, replies, strict=True):
-            entry.outcome = bool(reply)
+        for (entries, _args), reply in zip(commands, replies, strict=True):
+            if isinstance(reply, ChannelsError):
+                for entry in entries:
+                    entry.outcome = reply
+                continue
+            for entry, pushed in zip(entries, reply, strict=True):
+                entry.outcome = bool(pushed)
 
     def _push_many(self, items: list[tuple[str, bytes, float]]) -> list[bool | ChannelsError]:
-        by_shard: dict[int, tuple[_Shard, list[_Send]]] = {}
-        entries = []
-        for channel, data, expires in items:
-            entry = self._send_record(channel, data, expires)
-            entries.append(entry)
-            shard = self._shard(non_local_name(channel))
-            by_shard.setdefault(id(shard), (shard, []))[1].append(entry)
-        for shard, batch in by_shard.values():
-            self._send_batch(shard, batch)
+        entries = [self._send_record(c, d, e) for c, d, e in items]
+        self._push_entries(entries)
         return [e.outcome if e.outcome is not None else False for e in entries]
 
+    def _push_entries(self, entries: list[_Send]) -> None:
+        """Send *entries* in one round trip: one script per slot, every server's
+        written before any reply is read."""
+        commands: list[_Command] = []
+        carried: list[list[_Send]] = []
+        by_shard: dict[int, tuple[_Shard, list[_Send]]] = {}
+        for entry in entries:
+            try:
+                shard = self._shard_of(entry.key)
+            except ChannelsError as exc:
+                entry.outcome = exc
+                continue
+            by_shard.setdefault(id(shard), (shard, []))[1].append(entry)
+        for shard, batch in by_shard.values():
+            for sent, args in self._send_commands(shard, batch):
+                commands.append((shard, args))
+                carried.append(sent)
+        try:
+            replies = self._run_batch(commands, retry=False)
+        except BaseException:
+            for sent in carried:
+                for entry in sent:
+                    entry.outcome = LayerUnavailable("send interrupted")
+            raise
+        for sent, reply in zip(carried, replies, strict=True):
+            for entry, pushed in zip(
+                sent, [reply] * len(sent) if isinstance(reply, ChannelsError) else reply,
+                strict=True,
+            ):  # fmt: skip
+                entry.outcome = pushed if isinstance(pushed, ChannelsError) else bool(pushed)
+
     def _plan(self, names: list[str]) -> _Plan:
-        """The queues to read for *names*, grouped by shard (cached per name list)."""
+        """The queues to read for *names*, grouped by server and slot (cached per name
+        list until a cluster's slots move)."""
         key = tuple(names)
-        plan = self._plans.get(key)
-        if plan is None:
-            by_shard: dict[int, tuple[_Shard, list[str], dict[bytes, str]]] = {}
-            for name in names:
-                shard = self._shard(name)
-                entry = by_shard.setdefault(id(shard), (shard, [], {}))
-                entry[1].append(self._queue_prefix + name)
-                entry[2][(self._queue_prefix + name).encode("ascii")] = name
-            plan = list(by_shard.values())
-            if len(self._plans) >= 1024:  # bound the cache against ever-new names
-                self._plans.clear()
-            self._plans[key] = plan
+        if self._slot_map is not None and self._slot_map.stale:
+            self._slot_map.refresh()  # a node failed: its slots may have a new master
+        routing = self._routing()
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] == routing:
+            return cached[1]
+        by_slot: dict[tuple[int, int], tuple[_Shard, list[str], dict[bytes, str]]] = {}
+        for name in names:
+            queue_key = self._queue_key(name)
+            shard = self._shard_of(queue_key)
+            entry = by_slot.setdefault((id(shard), self._slot_of(queue_key)), (shard, [], {}))
+            entry[1].append(queue_key)
+            entry[2][queue_key.encode("ascii")] = name
+        plan = list(by_slot.values())
+        if len(self._plans) >= 1024:  # bound the cache against ever-new names
+            self._plans.clear()
+        self._plans[key] = (self._routing(), plan)
         return plan
 
     @staticmethod
@@ -795,7 +1387,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _pop_many(self, names: list[str], block: bool, deadline: float, count: int) -> list[Record]:
         """Up to *count* records in one round trip (LMPOP, or BLMPOP when *block*),
-        where the queues live on one shard and the server has them (Redis 7)."""
+        where the queues share a slot and the server has them (Redis 7)."""
         plan = self._plan(names)
         if count <= 1 or len(plan) != 1 or self._has_lmpop is False:
             return super()._pop_many(names, block, deadline, count)
@@ -839,52 +1431,36 @@ class RedisChannelLayer(BaseChannelLayer):
             return super()._push_many_pop(pushes, names, count)
         shard, keys, by_key = plan[0]
         entries = [self._send_record(c, d, e) for c, d, e in pushes]
-        if any(self._shard(non_local_name(c)) is not shard for c, _d, _e in pushes):
+        if any(self._shard_of(e.key) is not shard for e in entries):
             return super()._push_many_pop(pushes, names, count)
         if len(keys) > 1:
             keys = random.sample(keys, len(keys))
-        commands: list[tuple[Any, ...]] = []
-        if entries:
-            args: list[Any] = [self._stamp(time.time()), self._queue_ttl]
-            for entry in entries:
-                args += [entry.record, entry.capacity]
-            sha = self._send_many_script.sha
-            commands.append(("EVALSHA", sha, len(entries), *[e.key for e in entries], *args))
+        sends = self._send_commands(shard, entries) if entries else []
+        commands = [args for _sent, args in sends]
         commands.append(("LMPOP", len(keys), *keys, "LEFT", "COUNT", count))
-        conn = shard.connection()
-        replies: list[Any] = []
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            for _command in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)  # the next reply is still to be read
+            # Polled for a close first (there are sends), and not sent again once
+            # written: a send whose outcome is unknown must not run twice.
+            replies = self._read(self._write(shard, commands, True), len(commands))
         except redis.RedisError as exc:
-            conn.disconnect()
             raise self._error(shard, exc) from exc
-        except BaseException:
-            conn.disconnect()
-            raise
-        outcomes: list[bool | ChannelsError] = []
-        if entries:
-            sent = replies.pop(0)
-            if isinstance(sent, redis.exceptions.NoScriptError):
-                self._send_batch(shard, entries)  # loads the script, sends again
-                outcomes = [e.outcome if e.outcome is not None else False for e in entries]
-            elif isinstance(sent, redis.ResponseError):
-                error = self._error(shard, sent)
-                refused = (
-                    error if isinstance(error, ChannelsError) else LayerUnavailable(str(error))
-                )
-                outcomes = [refused] * len(entries)
-            else:
-                outcomes = [bool(reply) for reply in sent]
-        popped = replies[0]
+        for (sent, args), reply in zip(sends, replies, strict=False):
+            if isinstance(reply, redis.ResponseError):
+                reply = self._follow_up(shard, args, reply, False)  # NOSCRIPT, ASK...
+            for entry, pushed in zip(
+                sent, [reply] * len(sent) if isinstance(reply, ChannelsError) else reply,
+                strict=True,
+            ):  # fmt: skip
+                entry.outcome = pushed if isinstance(pushed, ChannelsError) else bool(pushed)
+        outcomes = [e.outcome if e.outcome is not None else False for e in entries]
+        popped = replies[-1]
         if isinstance(popped, redis.ResponseError):
             if "unknown command" in str(popped).lower():
                 self._has_lmpop = False
                 return outcomes, super()._pop_many(names, False, time.monotonic(), count)
+            if self._slot_map is not None and isinstance(popped, redis.exceptions.AskError):
+                self._slot_map.stale = True  # the slot is moving: the next receive follows
+                return outcomes, []
             raise self._error(shard, popped)
         self._has_lmpop = True
         if popped is None:
@@ -938,11 +1514,11 @@ class RedisChannelLayer(BaseChannelLayer):
                 return record
 
     def _pop_sharded(self, plan: _Plan, block: bool, deadline: float) -> Record | None:
-        """Receive across shards: a non-blocking pass over every shard in random
-        order, then (if *block*) BLPOPs of :data:`SHARD_SLICE` seconds on each shard
-        in turn until the deadline. A message on a shard other than the one being
-        waited on may thus wait up to ``SHARD_SLICE * (shards - 1)`` seconds; keep the
-        channels a process reads on one server where latency matters."""
+        """Receive across servers (or slots): a non-blocking pass over each in random
+        order, then (if *block*) BLPOPs of :data:`SHARD_SLICE` seconds on each in turn
+        until the deadline. A message elsewhere than where the receive waits may thus
+        wait up to ``SHARD_SLICE * (parts - 1)`` seconds; keep the channels a process
+        reads in one slot where latency matters (named channels share one)."""
         order = random.sample(plan, len(plan))
         for part in order:
             record = self._pop_now(*part)
@@ -962,90 +1538,139 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _push_group(self, group: str, data: bytes, expires: float) -> int:
         expires_ms = int(expires * 1000)
-        args: list[Any] = [
-            self._queue_prefix,
-            b"%013d" % (expires_ms - self._expiry_ms),
-            b"%013d" % expires_ms,
-            self._queue_ttl,
-            group,
-            data,
-            self.capacity,
-            *self._capacity_args,
-        ]
-        key = [self._group_prefix + group]
+        group_key = self._group_key(group)
+        shard = self._shard_of(group_key)
+        if self._one_server:
+            args: list[Any] = [
+                self.prefix,
+                b"%013d" % (expires_ms - self._expiry_ms),
+                b"%013d" % expires_ms,
+                self._queue_ttl,
+                group,
+                data,
+                self.capacity,
+                *self._capacity_args,
+            ]
+            return int(self._run(shard, self._group_send_script, [group_key], args, retry=False))
+        # Across servers: read the group's queues on its server, then write one record
+        # per queue (one script per slot), to every server holding them at once.
+        queues = self._run(
+            shard, self._group_queues_script, [group_key], [expires_ms - self._expiry_ms]
+        )
+        stamp = b"%013d" % expires_ms
+        plain = stamp + b":" + data
+        grouped = b"%s#%s:%s" % (stamp, group.encode("ascii"), data)
+        entries = []
+        for raw in queues:
+            queue = raw.decode("ascii")
+            record = grouped if queue[-1] == "!" else plain
+            entries.append(_Send(self._queue_key(queue), record, self.get_capacity(queue)))
+        self._push_entries(entries)
         skipped = 0
-        for shard in self._shards:
-            skipped += int(self._run(shard, self._group_send_script, key, args))
+        for entry in entries:
+            if isinstance(entry.outcome, ChannelsError):
+                raise entry.outcome
+            skipped += not entry.outcome
         return skipped
 
     def _local_members(self, group: str, prefix: str) -> list[str]:
-        shard = self._shard(prefix)
+        key = self._local_key(group, prefix)
+        shard = self._shard_of(key)
         try:
             members = self._execute(
-                shard,
-                "ZRANGEBYSCORE",
-                f"{self._group_prefix}{group}:{prefix}",
-                f"({int(time.time() * 1000)}",
-                "+inf",
+                shard, "ZRANGEBYSCORE", key, f"({int(time.time() * 1000)}", "+inf"
             )
         except redis.RedisError as exc:
             raise self._error(shard, exc) from exc
         return [m.decode("ascii") for m in members if len(m) != len(prefix)]
 
-    def _membership_keys(self, group: str, channel: str) -> tuple[_Shard, str, list[str]]:
+    def _membership(
+        self, group: str, channel: str
+    ) -> tuple[_Shard, str, list[str], _Shard | None, str]:
+        """(group's server, queue, the group's keys, and for a local channel the
+        server and key of the set of its groups)."""
         queue = non_local_name(channel)
-        keys = [self._group_prefix + group]
+        group_key = self._group_key(group)
+        keys = [group_key]
         if queue.endswith("!"):
-            keys.append(f"{self._group_prefix}{group}:{queue}")
-            keys.append(self._channel_groups_key(channel))
-        return self._shard(queue), queue, keys
+            keys.append(self._local_key(group, queue))
+            remembered = self._channel_groups_key(channel)
+            return self._shard_of(group_key), queue, keys, self._shard_of(remembered), remembered
+        return self._shard_of(group_key), queue, keys, None, ""
 
-    def _channel_groups_key(self, channel: str) -> str:
-        return f"{self.prefix}:m:{channel}"
+    @staticmethod
+    def _script_args(script: _Script, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
-    def _discard_args(self, channel: str) -> tuple[_Shard, list[str], list[Any]]:
+    def _raise_first(self, replies: list[Any]) -> list[Any]:
+        for reply in replies:
+            if isinstance(reply, ChannelsError):
+                raise reply
+        return replies
+
+    def _group_add(self, group: str, channel: str, expires: float) -> None:
+        shard, queue, keys, set_shard, remembered = self._membership(group, channel)
+        now = int(time.time() * 1000)
+        add = self._script_args(
+            self._group_add_script,
+            keys,
+            [queue, channel, int(expires * 1000), now, self._group_ttl],
+        )
+        commands: list[_Command] = []
+        if set_shard is not None:
+            # First: a channel the set names but no group holds costs nothing later.
+            commands.append(
+                (set_shard, self._script_args(
+                    self._remember_script, [remembered], [group, self._group_ttl]))
+            )  # fmt: skip
+        commands.append((shard, add))
+        self._raise_first(self._run_batch(commands))
+
+    def _group_discard(self, group: str, channel: str) -> None:
+        shard, queue, keys, set_shard, remembered = self._membership(group, channel)
+        commands: list[_Command] = [
+            (shard, self._script_args(
+                self._group_discard_script, keys, [queue, channel, int(time.time() * 1000)]))
+        ]  # fmt: skip
+        if set_shard is not None:
+            commands.append((set_shard, ("SREM", remembered, group)))
+        self._raise_first(self._run_batch(commands))
+
+    def _discard_commands(self, channel: str, groups: list[bytes]) -> list[_Command]:
         queue = non_local_name(channel)
-        args: list[Any] = [self._group_prefix, queue, channel, int(time.time() * 1000)]
-        return self._shard(queue), [self._channel_groups_key(channel)], args
+        now = int(time.time() * 1000)
+        commands: list[_Command] = []
+        for raw in groups:
+            group = raw.decode("ascii")
+            keys = [self._group_key(group), self._local_key(group, queue)]
+            commands.append(
+                (self._shard_of(keys[0]),
+                 self._script_args(self._group_discard_script, keys, [queue, channel, now]))
+            )  # fmt: skip
+        return commands
 
     def _discard_channel(self, channel: str) -> None:
         if not non_local_name(channel).endswith("!"):
             return  # normal members are left to their expiry
-        shard, keys, args = self._discard_args(channel)
-        self._run(shard, self._discard_channel_script, keys, args)
-
-    def _group_add(self, group: str, channel: str, expires: float) -> None:
-        shard, queue, keys = self._membership_keys(group, channel)
-        args: list[Any] = [
-            queue,
-            channel,
-            int(expires * 1000),
-            int(time.time() * 1000),
-            self._group_ttl,
-            group,
-        ]
-        self._run(shard, self._group_add_script, keys, args)
-
-    def _group_discard(self, group: str, channel: str) -> None:
-        shard, queue, keys = self._membership_keys(group, channel)
-        self._run(
-            shard,
-            self._group_discard_script,
-            keys,
-            [queue, channel, int(time.time() * 1000), group],
-        )
-
-    def _group_channels_on(self, shard: _Shard, group: str) -> list[str]:
-        members = self._run(
-            shard,
-            self._group_members_script,
-            [self._group_prefix + group],
-            [int(time.time() * 1000)],
-        )
-        return [m.decode("ascii") for m in members]
+        remembered = self._channel_groups_key(channel)
+        shard = self._shard_of(remembered)
+        try:
+            groups = self._execute(shard, "SMEMBERS", remembered)
+        except redis.RedisError as exc:
+            raise self._error(shard, exc) from exc
+        commands = self._discard_commands(channel, list(groups))
+        commands.append((shard, ("DEL", remembered)))
+        self._raise_first(self._run_batch(commands))
 
     def _group_channels(self, group: str) -> list[str]:
-        return [c for shard in self._shards for c in self._group_channels_on(shard, group)]
+        key = self._group_key(group)
+        members = self._run(
+            self._shard_of(key),
+            self._group_members_script,
+            [key],
+            [int(time.time() * 1000), self._local_key(group, "")],
+        )
+        return [m.decode("ascii") for m in members]
 
     def _scan(self, shard: _Shard, match: str) -> list[str]:
         try:
@@ -1054,18 +1679,23 @@ class RedisChannelLayer(BaseChannelLayer):
             raise self._error(shard, exc) from exc
 
     def _flush(self) -> None:
-        for shard in self._shards:
+        for shard in self._all_shards():
             keys = self._scan(shard, f"{self.prefix}:*")
             try:
+                # One key per UNLINK: a cluster refuses keys of several slots at once.
                 for start in range(0, len(keys), 1000):
-                    shard.client.unlink(*keys[start : start + 1000])
+                    chunk = keys[start : start + 1000]
+                    if self._slot_map is None:
+                        shard.client.unlink(*chunk)
+                    else:
+                        self._run_batch([(shard, ("UNLINK", k)) for k in chunk])
             except redis.RedisError as exc:
                 raise self._error(shard, exc) from exc
 
     def _queue_stats_on(self, shard: _Shard, queue: str) -> tuple[int, float]:
         now_ms = int(time.time() * 1000)
         reply = self._run(
-            shard, self._queue_stats_script, [self._queue_prefix + queue], [b"%013d" % now_ms]
+            shard, self._queue_stats_script, [self._queue_key(queue)], [b"%013d" % now_ms]
         )
         if not reply[0]:
             return 0, 0.0
@@ -1073,25 +1703,30 @@ class RedisChannelLayer(BaseChannelLayer):
         return int(reply[0]), max(0.0, (now_ms - sent_ms) / 1000)
 
     def _queue_stats(self, queue: str) -> tuple[int, float]:
-        return self._queue_stats_on(self._shard(queue), queue)
+        return self._queue_stats_on(self._shard_of(self._queue_key(queue)), queue)
 
     def _overview(self) -> dict[str, Any]:
         channels: dict[str, int] = {}
         groups: dict[str, int] = {}
-        for shard in self._shards:
+        named = self._named_prefix
+        tagged = f"{self.prefix}:{{"
+        for shard in self._all_shards():
             for key in self._scan(shard, f"{self.prefix}:*"):
-                if key.startswith(self._queue_prefix):
-                    queue = key[len(self._queue_prefix) :]
-                    pending = self._queue_stats_on(shard, queue)[0]
-                    if pending:
-                        channels[queue] = channels.get(queue, 0) + pending
-                elif key.startswith(self._group_prefix):
-                    group = key[len(self._group_prefix) :]
-                    if ":" in group:  # a process's local members, counted with its group
-                        continue
-                    size = len(self._group_channels_on(shard, group))
+                if key.startswith(named):
+                    queue = key[len(named) :]
+                elif key.startswith(tagged) and key.endswith("}:q"):
+                    queue = key[len(tagged) : -3]
+                elif key.startswith(tagged) and key.endswith("}:g"):
+                    group = key[len(tagged) : -3]
+                    size = len(self._group_channels(group))
                     if size:
                         groups[group] = groups.get(group, 0) + size
+                    continue
+                else:  # local members and membership sets, counted with their group
+                    continue
+                pending = self._queue_stats_on(shard, queue)[0]
+                if pending:
+                    channels[queue] = channels.get(queue, 0) + pending
         return {"channels": channels, "groups": groups}
 
 
@@ -1120,69 +1755,115 @@ except ImportError:  # pragma: no cover - hiredis comes with the redis extra
 _WRITE_HIGH = 256 * 1024
 
 
+def _packed(conn: Any, batch: list[tuple[Any, ...]]) -> bytes:
+    """*batch* in the Redis protocol: packed by hiredis in C where installed (redis-py
+    packs in Python, at about eight times the cost)."""
+    if _pack_command is not None:
+        return b"".join([_pack_command(args) for args in batch])
+    return b"".join(conn.pack_commands(batch))
+
+
+def _async_kwargs(kwargs: Mapping[str, Any]) -> tuple[type[Any], dict[str, Any]]:
+    """redis.asyncio connection class and arguments for the sync pool *kwargs*."""
+    kwargs = dict(kwargs)
+    sync_class = kwargs.pop("connection_class", None)
+    kwargs.pop("max_connections", None)
+    kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
+    connection_class: type[Any] = redis.asyncio.Connection
+    if sync_class is redis.UnixDomainSocketConnection:
+        connection_class = redis.asyncio.UnixDomainSocketConnection
+    elif sync_class is redis.SSLConnection:
+        connection_class = redis.asyncio.SSLConnection
+    return connection_class, kwargs
+
+
 class _AsyncConnection:
-    """One redis.asyncio connection to a shard, used by one task at a time (a lock
-    orders the callers); reconnects by itself on the next call after a failure."""
+    """One redis.asyncio connection to a server, used by one task at a time (callers
+    hold :attr:`lock`); reconnects by itself on the next call after a failure. Behind
+    Sentinel it connects to whichever master the sentinels name."""
 
     def __init__(self, layer: RedisChannelLayer, shard: _Shard) -> None:
         self.layer = layer
         self.shard = shard
         self.lock = asyncio.Lock()
-        kwargs = dict(shard.kwargs)
-        sync_class = kwargs.pop("connection_class", None)
-        kwargs.pop("retry", None)
-        kwargs.pop("max_connections", None)
-        kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
-        connection_class: type[Any] = redis.asyncio.Connection
-        if sync_class is redis.UnixDomainSocketConnection:
-            connection_class = redis.asyncio.UnixDomainSocketConnection
-        elif sync_class is redis.SSLConnection:
-            connection_class = redis.asyncio.SSLConnection
-        self.conn = connection_class(**kwargs)
+        connection_class, kwargs = _async_kwargs(shard.kwargs)
+        if shard.sentinel is None:
+            self.conn = connection_class(**kwargs)
+            return
+        service, addresses, sentinel_kwargs = shard.sentinel
+        sentinel_kwargs = {**sentinel_kwargs, "retry": AsyncRetry(NoBackoff(), 0)}
+        manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            addresses, sentinel_kwargs=sentinel_kwargs, **sentinel_kwargs
+        )
+        for key in ("host", "port"):
+            kwargs.pop(key, None)
+        if connection_class is redis.asyncio.SSLConnection:
+            kwargs["connection_class"] = redis.asyncio.sentinel.SentinelManagedSSLConnection
+        pool = redis.asyncio.sentinel.SentinelConnectionPool(service, manager, **kwargs)  # type: ignore[no-untyped-call]
+        self.pool = pool  # the connection holds only a weak reference to it
+        self.sentinels: list[Any] = list(manager.sentinels)
+        self.conn = pool.connection_class(**pool.connection_kwargs)
 
-    async def execute(self, *args: Any) -> Any:
-        async with self.lock:
+    async def execute(self, args: tuple[Any, ...], retry: bool = True) -> Any:
+        """One command, with the caller holding :attr:`lock`; a connection the server
+        closed is replaced before the command is written, and the command is sent
+        again as :meth:`RedisChannelLayer._send_and_read` says."""
+        return (await self.pipeline([args], retry, single=True))[0]
+
+    async def pipeline(
+        self, batch: list[tuple[Any, ...]], retry: bool, *, single: bool = False
+    ) -> list[Any]:
+        """Write *batch* at once and read every reply (error replies as their
+        exceptions, or raised when *single*), with the caller holding :attr:`lock`."""
+        conn = self.conn
+        reader = getattr(conn, "_reader", None)
+        if reader is not None and reader.at_eof():
+            await conn.disconnect(nowait=True)
+        for attempt in (0, 1):
+            written = False
             try:
-                await self._write(args)
-                return await self.conn.read_response()
+                if self.shard.sentinel is not None and not conn.is_connected:
+                    await conn.connect()  # asks the sentinels (sending would not)
+                await self._write(_packed(conn, batch))
+                written = True
+                if single:
+                    return [await conn.read_response()]
+                got: list[Any] = []
+                for _ in batch:
+                    try:
+                        got.append(await conn.read_response())
+                    except redis.ResponseError as exc:
+                        got.append(exc)
+                return got
             except redis.ResponseError:
                 raise
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(Exception):
-                    await self.conn.disconnect(nowait=True)
-                raise
+                    await conn.disconnect(nowait=True)
+                if attempt or not isinstance(exc, redis.ConnectionError) or (written and not retry):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _write(self, args: tuple[Any, ...]) -> None:
-        """Write one command. redis-py packs it in Python and writes it under
-        ``asyncio.wait_for``, which wraps the write in a task of its own: together
-        about as much CPU as the rest of a request's work on the loop. hiredis packs
-        it in C, and the socket's buffer is waited on only when it is over
+    async def _write(self, packed: bytes) -> None:
+        """Write packed commands. redis-py writes under ``asyncio.wait_for``, which
+        wraps the write in a task of its own (as much CPU as the rest of a request's
+        work on the loop): here the socket's buffer is waited on only when it is over
         ``_WRITE_HIGH`` bytes (a server that does not read), within the socket timeout."""
         conn = self.conn
         writer = getattr(conn, "_writer", None) if conn.is_connected else None
-        if _pack_command is None or writer is None:
-            await conn.send_command(*args)  # connects, with redis-py's own handling
+        if writer is None:
+            await conn.send_packed_command(packed, check_health=False)  # connects
             return
-        writer.write(_pack_command(args))
+        writer.write(packed)
         if writer.transport.get_write_buffer_size() > _WRITE_HIGH:
             await asyncio.wait_for(writer.drain(), conn.socket_timeout)
-
-    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA, loading the script where the server forgot it; layer errors."""
-        try:
-            try:
-                return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
-                await self.execute("SCRIPT", "LOAD", script.script)
-                return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis.RedisError as exc:
-            raise self.layer._error(self.shard, exc) from exc
-        except OSError as exc:
-            raise LayerUnavailable(f"Redis at {self.shard.masked} is unavailable: {exc}") from exc
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.conn.disconnect(nowait=True)
+        for client in getattr(self, "sentinels", ()):
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     def abort(self) -> None:
         """Cut the socket now, from outside any task (shutdown)."""
@@ -1194,10 +1875,11 @@ class _AsyncConnection:
 class RedisFace(AsyncFace):
     """The Redis layer's asyncio face: redis.asyncio (with hiredis where installed).
 
-    Sends of one loop turn go out as one script per shard (in parallel across
-    shards); the receive task takes up to ``max_messages`` records per BLMPOP (Redis
-    7; BLPOP and a pop script before) on a connection of its own, and looks up the
-    local members of the group messages among them in one pipelined round trip."""
+    Sends of one loop turn go out as one script per slot, written at once to each
+    server (in parallel across servers); the receive task takes up to
+    ``max_messages`` records per BLMPOP (Redis 7; BLPOP and a pop script before) on a
+    connection of its own, and looks up the local members of the group messages among
+    them in one pipelined round trip per server holding their groups."""
 
     layer: RedisChannelLayer
 
@@ -1216,55 +1898,143 @@ class RedisFace(AsyncFace):
             conn = self._connections[id(shard)] = _AsyncConnection(self.layer, shard)
         return conn
 
+    async def _ready(self) -> None:
+        """Read a cluster's slot map where it is stale, off the loop."""
+        slot_map = self.layer._slot_map
+        if slot_map is not None and slot_map.stale:
+            await asyncio.to_thread(slot_map.refresh)
+
+    def _unavailable(self, shard: _Shard, exc: BaseException) -> Exception:
+        if isinstance(exc, redis.RedisError | ChannelsError):
+            return self.layer._error(shard, exc)
+        return LayerUnavailable(f"Redis at {shard.masked} is unavailable: {exc}")
+
+    async def _call(
+        self, shard: _Shard, args: tuple[Any, ...], retry: bool = True, *, asking: bool = False
+    ) -> Any:
+        """One command, following a cluster's redirections (see
+        :meth:`RedisChannelLayer._execute`) and loading a script the server lacks;
+        raises ChannelsError. *asking*: *shard* is importing the keys' slot (ASK)."""
+        layer = self.layer
+        slot_map = layer._slot_map
+        try:
+            for attempt in range(MAX_REDIRECTS):
+                conn = self._connection(shard)
+                try:
+                    async with conn.lock:
+                        if asking:
+                            await conn.execute(("ASKING",))
+                        return await conn.execute(args, retry)
+                except redis.exceptions.NoScriptError:
+                    # A restarted server, or a node the command was redirected to.
+                    async with conn.lock:
+                        await conn.execute(("SCRIPT", "LOAD", layer._scripts[args[1]].script))
+                    continue
+                except redis.exceptions.MovedError as exc:
+                    if slot_map is None:
+                        raise
+                    slot_map.stale = True
+                    shard, asking = slot_map.node(exc.host, exc.port), False
+                except redis.exceptions.AskError as exc:
+                    if slot_map is None:
+                        raise
+                    shard, asking = slot_map.node(exc.host, exc.port), True
+                except redis.exceptions.TryAgainError:
+                    pass
+                if attempt >= 1:
+                    await asyncio.sleep(0.005 * attempt)
+            raise redis.exceptions.ClusterError(f"more than {MAX_REDIRECTS} redirections")
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(shard, exc) from exc
+
+    async def _batch(self, shard: _Shard, batch: list[tuple[Any, ...]], retry: bool) -> list[Any]:
+        """*batch* in one round trip to *shard*: each reply, or the ChannelsError that
+        refused it; replies that need more are followed up one by one."""
+        if len(batch) == 1:
+            try:
+                return [await self._call(shard, batch[0], retry)]
+            except ChannelsError as exc:
+                return [exc]
+        conn = self._connection(shard)
+        try:
+            async with conn.lock:
+                got = await conn.pipeline(batch, retry)
+        except (redis.RedisError, OSError) as exc:
+            return [self._unavailable(shard, exc)] * len(batch)
+        for index, reply in enumerate(got):
+            if isinstance(reply, redis.exceptions.NoScriptError | redis.exceptions.AskError
+                          | redis.exceptions.TryAgainError):  # fmt: skip
+                try:
+                    got[index] = await self._call(shard, batch[index], retry)
+                except ChannelsError as exc:
+                    got[index] = exc
+            elif isinstance(reply, redis.ResponseError):
+                got[index] = self._unavailable(shard, reply)
+        return got
+
     async def _flush(self, items: list[tuple[str, bytes, float]]) -> list[bool | ChannelsError]:
         layer = self.layer
-        by_shard: dict[int, tuple[_Shard, list[int], list[_Send]]] = {}
-        for index, (channel, data, expires) in enumerate(items):
-            entry = layer._send_record(channel, data, expires)
-            shard = layer._shard(non_local_name(channel))
-            part = by_shard.setdefault(id(shard), (shard, [], []))
-            part[1].append(index)
-            part[2].append(entry)
         outcomes: list[bool | ChannelsError] = [False] * len(items)
-
-        async def one(shard: _Shard, indexes: list[int], batch: list[_Send]) -> None:
-            args: list[Any] = [layer._stamp(time.time()), layer._queue_ttl]
-            for entry in batch:
-                args += [entry.record, entry.capacity]
+        try:
+            await self._ready()
+        except ChannelsError as exc:
+            return [exc] * len(items)
+        by_shard: dict[int, tuple[_Shard, list[_Send]]] = {}
+        entries = []
+        for channel, data, expires in items:
+            entry = layer._send_record(channel, data, expires)
+            entries.append(entry)
             try:
-                replies = await self._connection(shard).run(
-                    layer._send_many_script, [e.key for e in batch], args
-                )
+                shard = layer._shard_of(entry.key)
             except ChannelsError as exc:
-                for index in indexes:
-                    outcomes[index] = exc
-                return
-            for index, reply in zip(indexes, replies, strict=True):
-                outcomes[index] = bool(reply)
+                entry.outcome = exc
+                continue
+            by_shard.setdefault(id(shard), (shard, []))[1].append(entry)
+
+        async def one(shard: _Shard, batch: list[_Send]) -> None:
+            commands = layer._send_commands(shard, batch)
+            replies = await self._batch(shard, [args for _e, args in commands], False)
+            for (sent, _args), reply in zip(commands, replies, strict=True):
+                for entry, pushed in zip(
+                    sent, [reply] * len(sent) if isinstance(reply, ChannelsError) else reply,
+                    strict=True,
+                ):  # fmt: skip
+                    entry.outcome = pushed if isinstance(pushed, ChannelsError) else bool(pushed)
 
         parts = list(by_shard.values())
         if len(parts) == 1:
             await one(*parts[0])
         else:
             await asyncio.gather(*(one(*part) for part in parts))
+        for index, entry in enumerate(entries):
+            outcomes[index] = entry.outcome if entry.outcome is not None else False
         return outcomes
 
     async def _drain(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
         layer = self.layer
-        plan = layer._plan(names)
         backoff = _Backoff()
-        # One connection per shard for the blocking pops, apart from the sends'.
-        receivers = [(_AsyncConnection(layer, shard), keys, by_key) for shard, keys, by_key in plan]
-        self._receivers = [conn for conn, _keys, _by_key in receivers]
-        slice_ = layer._max_block if len(receivers) == 1 else SHARD_SLICE
-        turn = 0
+        receivers: list[tuple[_AsyncConnection, list[str], dict[bytes, str]]] = []
+        routing = -1
         try:
             while not self.closing:
-                conn, keys, by_key = receivers[turn % len(receivers)]
-                turn += 1
                 try:
+                    await self._ready()
+                    if routing != layer._routing() or not receivers:
+                        # Keys moved (a failover, a resharding): read where they are now.
+                        for conn, _keys, _by_key in receivers:
+                            await conn.close()
+                        routing = layer._routing()
+                        receivers = [
+                            (_AsyncConnection(layer, shard), keys, by_key)
+                            for shard, keys, by_key in layer._plan(names)
+                        ]
+                        self._receivers = [conn for conn, _keys, _by_key in receivers]
+                        turn = 0
+                    slice_ = layer._max_block if len(receivers) == 1 else SHARD_SLICE
+                    conn, keys, by_key = receivers[turn % len(receivers)]
+                    turn += 1
                     records = await self._pop(conn, keys, by_key, max_messages, slice_)
-                    entries = await self._entries(conn, records) if records else []
+                    entries = await self._entries(records) if records else []
                 except LayerUnavailable as exc:
                     if self._closed():
                         return
@@ -1291,57 +2061,96 @@ class RedisFace(AsyncFace):
         if len(keys) > 1:
             keys = random.sample(keys, len(keys))
         try:
-            if layer._has_lmpop is not False:
-                try:
-                    reply = await conn.execute(
-                        "BLMPOP", round(timeout, 3), len(keys), *keys, "LEFT", "COUNT", count
-                    )
-                    layer._has_lmpop = True
-                except redis.ResponseError as exc:
-                    if "unknown command" not in str(exc).lower():
-                        raise
-                    layer._has_lmpop = False
-                    return []
-                if reply is None:
-                    return []
-                queue, raws = by_key[reply[0]], reply[1]
-            else:
-                reply = await conn.execute("BLPOP", *keys, round(timeout, 3))
-                if reply is None:
-                    return []
-                queue, raws = by_key[reply[0]], [reply[1]]
-        except redis.RedisError as exc:
-            raise layer._error(conn.shard, exc) from exc
-        except OSError as exc:
-            raise LayerUnavailable(f"Redis at {conn.shard.masked} is unavailable: {exc}") from exc
+            async with conn.lock:
+                if layer._has_lmpop is not False:
+                    try:
+                        reply = await conn.execute(
+                            ("BLMPOP", round(timeout, 3), len(keys), *keys, "LEFT", "COUNT", count)
+                        )
+                        layer._has_lmpop = True
+                    except redis.ResponseError as exc:
+                        if "unknown command" not in str(exc).lower():
+                            raise
+                        layer._has_lmpop = False
+                        return []
+                    if reply is None:
+                        return []
+                    queue, raws = by_key[reply[0]], reply[1]
+                else:
+                    reply = await conn.execute(("BLPOP", *keys, round(timeout, 3)))
+                    if reply is None:
+                        return []
+                    queue, raws = by_key[reply[0]], [reply[1]]
+        except redis.exceptions.MovedError:
+            # The slot has moved (a resharding): the drain reads the new map first.
+            if layer._slot_map is None:
+                raise
+            layer._slot_map.stale = True
+            return []
+        except redis.exceptions.AskError as exc:
+            if layer._slot_map is None:
+                raise
+            target = layer._slot_map.node(exc.host, exc.port)
+            queue, raws = await self._pop_migrating(target, keys, by_key, count)
+        except (redis.RedisError, OSError) as exc:
+            if layer._slot_map is not None:
+                layer._slot_map.stale = True  # the node may have failed over
+            raise self._unavailable(conn.shard, exc) from exc
         now = layer._stamp(time.time())
         return [layer._record(queue, raw) for raw in raws if raw[:13] > now]
 
-    async def _entries(self, conn: _AsyncConnection, records: list[Record]) -> list[Entry]:
-        """Decode *records*; a group record becomes one entry with its local members,
-        looked up for every group of the batch in one pipelined round trip."""
+    async def _pop_migrating(
+        self,
+        target: _Shard,
+        keys: list[str],
+        by_key: dict[bytes, str],
+        count: int,
+    ) -> tuple[str, list[bytes]]:
+        """Pop from a slot in migration whose keys are already on *target*: without
+        blocking (that would hold the connection the face's sends share), pausing
+        :data:`SHARD_SLICE` when nothing is there, until the slot's move completes."""
         layer = self.layer
-        groups = {(r.group, r.channel) for r in records if r.group is not None}
+        if layer._has_lmpop:
+            reply = await self._call(
+                target, ("LMPOP", len(keys), *keys, "LEFT", "COUNT", count), asking=True
+            )
+            if reply is not None:
+                return by_key[reply[0]], list(reply[1])
+        else:
+            script = layer._pop_script
+            args = ("EVALSHA", script.sha, len(keys), *keys, layer._stamp(time.time()))
+            reply = await self._call(target, args, asking=True)
+            if reply is not None:
+                return by_key[reply[0]], [reply[1]]
+        await asyncio.sleep(SHARD_SLICE)
+        return "", []
+
+    async def _entries(self, records: list[Record]) -> list[Entry]:
+        """Decode *records*; a group record becomes one entry with its local members,
+        looked up for every group of the batch in one pipelined round trip per server
+        holding those groups."""
+        layer = self.layer
+        wanted = list({(r.group, r.channel) for r in records if r.group is not None})
         members: dict[tuple[str, str], list[str]] = {}
-        if groups:
+        if wanted:
             now = f"({int(time.time() * 1000)}"
-            wanted = list(groups)
-            try:
-                async with conn.lock:
-                    for group, prefix in wanted:
-                        key = f"{layer._group_prefix}{group}:{prefix}"
-                        await conn.conn.send_command("ZRANGEBYSCORE", key, now, "+inf")
-                    replies = [await conn.conn.read_response() for _ in wanted]
-            except (redis.RedisError, OSError) as exc:
-                with contextlib.suppress(Exception):
-                    await conn.conn.disconnect(nowait=True)
-                raise LayerUnavailable(
-                    f"Redis at {conn.shard.masked} is unavailable: {exc}"
-                ) from exc
-            for (group, prefix), reply in zip(wanted, replies, strict=True):
-                members[(group, prefix)] = [
-                    m.decode("ascii") for m in reply if len(m) != len(prefix)
-                ]
+            by_shard: dict[int, tuple[_Shard, list[int]]] = {}
+            for index, (group, prefix) in enumerate(wanted):
+                shard = layer._shard_of(layer._local_key(group, prefix))
+                by_shard.setdefault(id(shard), (shard, []))[1].append(index)
+            for shard, indexes in by_shard.values():
+                batch = []
+                for index in indexes:
+                    group, prefix = wanted[index]
+                    batch.append(("ZRANGEBYSCORE", layer._local_key(group, prefix), now, "+inf"))
+                replies = await self._batch(shard, batch, True)
+                for index, reply in zip(indexes, replies, strict=True):
+                    if isinstance(reply, ChannelsError):
+                        raise reply
+                    prefix = wanted[index][1]
+                    members[wanted[index]] = [
+                        m.decode("ascii") for m in reply if len(m) != len(prefix)
+                    ]
         entries: list[Entry] = []
         for record in records:
             if record.group is None:
@@ -1356,8 +2165,17 @@ class RedisFace(AsyncFace):
         layer = self.layer
         if not non_local_name(channel).endswith("!"):
             return
-        shard, keys, args = layer._discard_args(channel)
-        await self._connection(shard).run(layer._discard_channel_script, keys, args)
+        await self._ready()
+        remembered = layer._channel_groups_key(channel)
+        shard = layer._shard_of(remembered)
+        groups = await self._call(shard, ("SMEMBERS", remembered))
+        commands = layer._discard_commands(channel, list(groups))
+        commands.append((shard, ("DEL", remembered)))
+        by_shard: dict[int, tuple[_Shard, list[tuple[Any, ...]]]] = {}
+        for target, args in commands:
+            by_shard.setdefault(id(target), (target, []))[1].append(args)
+        for target, batch in by_shard.values():
+            layer._raise_first(await self._batch(target, batch, True))
 
     async def aclose(self) -> None:
         await super().aclose()
