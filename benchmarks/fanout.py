@@ -12,11 +12,12 @@ says otherwise) using a lean WebSocket client of our own (``--client raw``, see
 ``--compression deflate``).
 
 Bars: at 1,000 clients p99 send -> last <= 50 ms; at 5,000 clients 0 lost and p99 <= 250
-ms; interface CPU per delivered frame <= 15 us.
+ms; interface CPU per delivered frame <= 15 us. ``--layers redis,cluster`` measures each
+size on one Redis and on a three-master Redis Cluster in turn, in the same run.
 
     python -m benchmarks.fanout [--clients 1000,5000] [--sends 50] [--interval 0.1]
         [--rounds 1] [--client raw|websockets] [--client-procs 0] [--compression none]
-        [--quick] [--json PATH]
+        [--layers redis] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -110,11 +111,16 @@ def start_py_spy(out: Path, proc: h.Proc, clients: int, seconds: float) -> Any:
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def trial(clients: int, args: Any) -> dict[str, Any]:
+def trial(clients: int, args: Any, layer_kind: str = "redis") -> dict[str, Any]:
     from wsgi_channels.layers import layer_from_url
 
     with h.Procs() as procs:
-        url = procs.redis()
+        if layer_kind == "cluster":
+            from benchmarks.cluster import start_cluster
+
+            url = start_cluster(procs, replicas=0)
+        else:
+            url = procs.redis()
         interface, port = procs.interface(url)
         worker = procs.worker(APP, url, threads=args.threads)
         h.wait_http_ok(port, procs=[interface, worker])
@@ -203,6 +209,11 @@ def main(argv: list[str] | None = None) -> h.Report:
     )
     p.add_argument("--compression", choices=["none", "deflate"], default="none")
     p.add_argument(
+        "--layers",
+        default="redis",
+        help="comma-separated: redis (one Redis), cluster (a three-master Redis Cluster)",
+    )
+    p.add_argument(
         "--py-spy", type=Path, metavar="DIR", help="profile the interface during the sends"
     )
     args = p.parse_args(argv)
@@ -214,14 +225,23 @@ def main(argv: list[str] | None = None) -> h.Report:
     h.require_components("cli", "interface", "worker", "sender", "layers/redis")
     h.raise_fd_limit(max(sizes) * 2 + 1024)
     report = h.Report("fanout", params={**vars(args), "json": str(args.json)})
-    results = h.interleaved(
-        args.rounds, [str(n) for n in sizes], lambda n: trial(int(n), args), log=False
-    )
+    kinds = [k.strip() for k in args.layers.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - {"redis", "cluster"})
+    if unknown or not kinds:
+        p.error(f"--layers takes redis and cluster, not {', '.join(unknown) or 'nothing'}")
+    targets = [f"{n}" if kinds == ["redis"] else f"{n} {kind}" for n in sizes for kind in kinds]
+
+    def run(target: str) -> dict[str, Any]:
+        n, _, kind = target.partition(" ")
+        return trial(int(n), args, kind or "redis")
+
+    results = h.interleaved(args.rounds, targets, run, log=False)
     keys = ["connected", "members", "connect_s", "received", "lost", "duplicates"]
     keys += ["last_p50_ms", "last_p99_ms", "last_max_ms", "each_p50_ms", "each_p99_ms"]
     keys += ["iface_us_per_frame", "loadavg_1m"]
-    for n, runs in results.items():
-        row = {"clients": int(n), **h.medians(runs, keys)}
+    for target, runs in results.items():
+        n, _, kind = target.partition(" ")
+        row = {"clients": int(n), "layer": kind or "redis", **h.medians(runs, keys)}
         row["lost_rounds"] = " / ".join(str(r["lost"]) for r in runs if "lost" in r)
         # A loss in any round is a loss: the worst round counts, not the median.
         for key in ("lost", "duplicates"):
@@ -241,7 +261,8 @@ def main(argv: list[str] | None = None) -> h.Report:
         f"{args.rounds} round(s), medians"
     )
     print("\n" + h.run_header(title, "fanout", argv))
-    columns = [("clients", "sockets"), ("connected", "connected"), ("lost", "lost (worst round)"),
+    columns = [("clients", "sockets"), ("layer", "layer"), ("connected", "connected"),
+               ("lost", "lost (worst round)"),
                ("duplicates", "dup"), ("last_p50_ms", "p50 send -> last, ms"),
                ("last_p99_ms", "p99 send -> last, ms"), ("each_p99_ms", "p99 each, ms"),
                ("iface_us_per_frame", "interface CPU µs/frame"), ("lost_rounds", "lost per round"),
@@ -253,18 +274,19 @@ def main(argv: list[str] | None = None) -> h.Report:
         if row.get("last_p99_ms") is None:
             continue
         n = row["clients"]
+        at = f"{n} clients" if row["layer"] == "redis" else f"{n} clients ({row['layer']})"
         p99_bar, lost_bar = BARS.get(n, (None, None))
         if lost_bar is not None:
-            report.bars.append(h.Bar(f"messages lost at {n} clients", row["lost"], lost_bar))
+            report.bars.append(h.Bar(f"messages lost at {at}", row["lost"], lost_bar))
         if p99_bar is not None:
             report.bars.append(
-                h.Bar(f"p99 send -> last at {n} clients", row["last_p99_ms"], p99_bar, unit=" ms")
+                h.Bar(f"p99 send -> last at {at}", row["last_p99_ms"], p99_bar, unit=" ms")
             )
         if n not in BARS:
             continue
         report.bars.append(
             h.Bar(
-                f"interface CPU per delivered frame at {n} clients",
+                f"interface CPU per delivered frame at {at}",
                 row["iface_us_per_frame"],
                 BAR_US_PER_FRAME,
                 unit=" us",
