@@ -101,8 +101,10 @@ def test_sigterm_answers_waiting_requests_with_503_at_once(layer_url: str) -> No
         import concurrent.futures
 
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            waiting = pool.submit(requests.get, interface.url + "/anything", timeout=20)
+            waiting = pool.submit(requests.post, interface.url + "/order", data=b"x", timeout=20)
             time.sleep(1.0)
+            layer = layer_from_url(layer_url)
+            assert layer.channel_statistics("http.request")["messages_pending"] == 1
             started = time.monotonic()
             interface.signal(signal.SIGTERM)
             response = waiting.result()
@@ -119,6 +121,11 @@ def test_sigterm_answers_waiting_requests_with_503_at_once(layer_url: str) -> No
     assert elapsed < 10, elapsed
     assert "Traceback" not in interface.output
     assert "CancelledError" not in interface.output
+    # The 503 told the client that nothing ran: the request is gone from the layer, so
+    # a worker started later cannot run it (and a retry runs it once).
+    assert layer.channel_statistics("http.request")["messages_pending"] == 0
+    assert layer.receive(["http.request"]) == (None, None)
+    layer.close()
 
 
 @pytest.mark.slow

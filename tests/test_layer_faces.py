@@ -250,3 +250,22 @@ def test_send_then_receive_expands_group_messages_for_local_members(make_layer: 
     _results, more = layer.send_then_receive([], ["str.proc!"], max_messages=5)
     assert sorted(c for c, _m in batch + more) == ["str.proc!a", "str.proc!b", "str.proc!c"]
     assert all(m == {"g": 1} for _c, m in batch + more)
+
+
+def test_withdraw_takes_back_what_nobody_received(make_layer: Any) -> None:
+    layer = make_layer()
+
+    async def main() -> None:
+        face = async_face(layer)
+        first = await face.send("wd.q", {"n": 1})
+        second = await face.send("wd.q", {"n": 1})  # the same message twice
+        third = await face.send("wd.q", {"n": 3})
+        assert first is not None and second is not None and third is not None
+        # The first is received: it cannot be taken back; the others can, once each.
+        assert await asyncio.to_thread(layer.receive, ["wd.q"]) == ("wd.q", {"n": 1})
+        assert await face.withdraw([third, second]) == [True, True]
+        assert await face.withdraw([third]) == [False]
+        await face.aclose()
+
+    run(main())
+    assert layer.receive(["wd.q"]) == (None, None)

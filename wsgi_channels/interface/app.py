@@ -26,7 +26,6 @@ from typing import Any
 from ..layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
 from ..layers.base import ChannelsError
 from ..metrics import NULL_METRICS, Recorder, recorder_from_environ
-from ..protocol import HTTP_REQUEST
 from .config import InterfaceConfig, OriginRules
 from .http import HttpExchange
 from .routing import Event, Inbox, Receive, ReplyRouter, Scope, Send
@@ -99,22 +98,21 @@ class InterfaceServer:
         """Answer 503 at once to the requests that no worker has taken yet, and let
         those that a worker runs finish within the graceful timeout.
 
-        The interface cannot see which is which, but ``http.request`` is FIFO: the
-        layer says how long its oldest message has waited, so every request of ours
-        sent since then is still in the queue, and every one sent before has been
-        taken."""
-        loop = asyncio.get_running_loop()
-        now = time.time()
-        try:
-            stats = await loop.run_in_executor(None, self.layer.channel_statistics, HTTP_REQUEST)
-            pending = int(stats["messages_pending"])
-            head_sent = now - float(stats["messages_max_age"])
-        except Exception:  # no statistics, or the layer is down: nobody will answer
-            pending, head_sent = len(self.waiting), 0.0
-        if pending <= 0:
+        Each waiting request is taken back from the layer first (``withdraw``): one
+        that comes back was never received, so the 503 tells its client the truth (no
+        worker will run it later, and a retry runs it once); one that a worker has
+        already taken is waited for."""
+        waiting = [exchange for exchange in self.waiting if exchange.receipt is not None]
+        if not waiting:
             return
-        for exchange, sent in list(self.waiting.items()):
-            if sent >= head_sent - 0.005:  # stamps are in milliseconds
+        receipts = [exchange.receipt for exchange in waiting if exchange.receipt is not None]
+        try:
+            removed = await self.router.withdraw(receipts)
+        except Exception as exc:  # the layer is down: no worker can take them now
+            logger.warning("could not take queued requests back at shutdown: %s", exc)
+            removed = [True] * len(waiting)
+        for exchange, gone in zip(waiting, removed, strict=True):
+            if gone:
                 exchange.inbox.interrupt(Event.SHUTDOWN)
 
     async def _watch_workers(self) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
+from ..layers.aio import Receipt
 from ..layers.base import ChannelFull, ChannelsError, LayerUnavailable, MessageTooLarge
 from ..protocol import (
     BODY_CHANNEL_PATTERN,
@@ -136,6 +137,8 @@ class HttpExchange:
         self.config = config
         self.router = router
         self.waiting = waiting
+        #: The request's send, for taking it back from the layer at shutdown.
+        self.receipt: Receipt | None = None
         self.on_shutdown = on_shutdown
         self.inbox = Inbox(1 << 30, config.response_buffer, stalls=True)
         self.body_late = False  # the client stopped sending its body (then 408)
@@ -233,7 +236,7 @@ class HttpExchange:
                 deadline=deadline,
             )
             try:
-                await router.send(HTTP_REQUEST, message)
+                self.receipt = await router.send(HTTP_REQUEST, message)
             except ChannelsError as exc:
                 status, text = error_response(exc)
                 _refusals.warn(str(exc), scope["method"], scope["path"])

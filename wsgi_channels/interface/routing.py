@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ..layers.aio import AsyncFace, Entry, async_face
+from ..layers.aio import AsyncFace, Entry, Receipt, async_face
 from ..layers.base import ChannelFull
 from ..metrics import NULL_METRICS, Recorder
 from ..protocol import DONE_KEY, INTERFACE_PREFIX, check_websocket_reply, full_retry_pauses
@@ -226,11 +226,18 @@ class ReplyRouter:
         self.inboxes.pop(channel, None)
         self.sessions.pop(channel, None)
 
-    async def send(self, channel: str, message: Message) -> None:
-        """Send on the layer (batched with this loop turn's other sends)."""
+    async def send(self, channel: str, message: Message) -> Receipt | None:
+        """Send on the layer (batched with this loop turn's other sends); the receipt
+        takes the message back with :meth:`withdraw` while no worker has it."""
         self.start()
         assert self.face is not None
-        await self.face.send(channel, message)
+        return await self.face.send(channel, message)
+
+    async def withdraw(self, receipts: list[Receipt]) -> list[bool]:
+        """Which of these sends were taken back before any worker received them."""
+        if self.face is None:
+            return [False] * len(receipts)
+        return await self.face.withdraw(receipts)
 
     async def discard_channel(self, channel: str) -> None:
         """Take *channel* out of every group: its socket has gone."""

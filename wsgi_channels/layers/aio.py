@@ -51,7 +51,15 @@ from .base import (
 if TYPE_CHECKING:
     from .base import BaseChannelLayer
 
-__all__ = ["AsyncFace", "Deliver", "Entry", "PollingFace", "ThreadedFace", "async_face"]
+__all__ = [
+    "AsyncFace",
+    "Deliver",
+    "Entry",
+    "PollingFace",
+    "Receipt",
+    "ThreadedFace",
+    "async_face",
+]
 
 log = logging.getLogger("wsgi_channels.layers")
 
@@ -63,6 +71,9 @@ Entry = tuple[list[str], Message]
 Deliver = Callable[[list[Entry]], "Awaitable[None] | None"]
 # (channel, data, expires) -> True sent, False full, or the error that refused it
 _Item = tuple[str, bytes, float]
+#: What :meth:`AsyncFace.send` returns: enough to take the message back with
+#: :meth:`AsyncFace.withdraw` while nobody has received it.
+Receipt = _Item
 _Outcome = bool | ChannelsError
 
 #: Most messages one receive round trip takes.
@@ -101,14 +112,17 @@ class AsyncFace:
 
     # -- sending ----------------------------------------------------------------------
 
-    async def send(self, channel: str, message: Message) -> None:
-        """Send *message* on *channel*; raises what ``layer.send`` raises."""
+    async def send(self, channel: str, message: Message) -> Receipt | None:
+        """Send *message* on *channel*; raises what ``layer.send`` raises. Returns a
+        receipt for :meth:`withdraw` (None when the message was handed over within
+        the process)."""
         layer = self.layer
         data = layer._prepare_send(channel, message)
         if data is None:
-            return
+            return None
         future: asyncio.Future[_Outcome] = self.loop.create_future()
-        self._pending.append(((channel, data, time.time() + layer.expiry), future))
+        item = (channel, data, time.time() + layer.expiry)
+        self._pending.append((item, future))
         if not self._scheduled and not self._flushing:
             self._scheduled = True
             self.loop.call_soon(self._start_flush)
@@ -116,12 +130,19 @@ class AsyncFace:
         if outcome is True:
             with layer._stats_lock:
                 layer._messages_count += 1
-            return
+            return item
         if outcome is False:
             with layer._stats_lock:
                 layer._channel_full_count += 1
             raise ChannelFull(f"channel {channel!r} is full ({layer.get_capacity(channel)})")
         raise outcome
+
+    async def withdraw(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """Take back sent messages that nobody has received yet: True for each one
+        removed (it will never be received), False for one already taken (or where
+        the layer cannot tell). For an interface that answers a request itself at
+        shutdown and must be sure that no worker runs it later."""
+        return self.layer._withdraw(list(receipts))
 
     def _start_flush(self) -> None:
         self._scheduled = False
@@ -294,8 +315,12 @@ class ThreadedFace(AsyncFace):
         super().__init__(layer)
         self._stopping = threading.Event()
 
-    async def send(self, channel: str, message: Message) -> None:
+    async def send(self, channel: str, message: Message) -> Receipt | None:
         await self.loop.run_in_executor(None, self.layer.send, channel, message)
+        return None
+
+    async def withdraw(self, receipts: Sequence[Receipt]) -> list[bool]:
+        return [False] * len(receipts)  # ASGI 1.0 layers cannot take a message back
 
     def listen(self, names: list[str], deliver: Deliver, *, max_messages: int = MAX_BATCH) -> None:
         self._deliver = deliver

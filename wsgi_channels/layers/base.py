@@ -693,6 +693,13 @@ class BaseChannelLayer:
         outcomes = self._push_many(pushes) if pushes else []
         return outcomes, self._pop_many(names, False, time.monotonic(), count)
 
+    def _withdraw(self, items: list[tuple[str, bytes, float]]) -> list[bool]:
+        """Take back messages sent as *items* (``(channel, data, expires)``, as the
+        asyncio face's :meth:`~wsgi_channels.layers.aio.AsyncFace.send` returns them)
+        that no reader has taken yet: True for each one removed, so that nobody will
+        ever receive it. A backend that cannot tell says False (it may be received)."""
+        return [False] * len(items)
+
     def _expand_group(self, group: str, record: Record) -> bool:
         """Turn one group message for this process into one message per local member;
         False if there is no member."""

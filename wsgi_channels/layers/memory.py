@@ -73,6 +73,26 @@ class MemoryChannelLayer(BaseChannelLayer):
             self._notify()
         return True
 
+    def _withdraw(self, items: list[tuple[str, bytes, float]]) -> list[bool]:
+        removed = []
+        with self._condition:
+            for channel, data, expires in items:
+                entries = self._queues.get(non_local_name(channel))
+                found = None
+                if entries:
+                    found = next(
+                        (
+                            e
+                            for e in entries
+                            if e[0] == expires and e[1] == channel and e[2] == data
+                        ),
+                        None,
+                    )
+                if entries is not None and found is not None:
+                    entries.remove(found)
+                removed.append(found is not None)
+        return removed
+
     def _pop(self, names: list[str], block: bool, deadline: float) -> Record | None:
         with self._condition:
             while True:

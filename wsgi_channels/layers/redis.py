@@ -77,7 +77,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import mask_url, parse_options
-from .aio import AsyncFace, Deliver, Entry, _Backoff
+from .aio import AsyncFace, Deliver, Entry, Receipt, _Backoff
 from .base import (
     BaseChannelLayer,
     ChannelsError,
@@ -1469,6 +1469,18 @@ class RedisChannelLayer(BaseChannelLayer):
         now = self._stamp(time.time())
         return outcomes, [self._record(queue, raw) for raw in popped[1] if raw[:13] > now]
 
+    def _withdraw(self, items: list[tuple[str, bytes, float]]) -> list[bool]:
+        removed = []
+        for channel, data, expires in items:
+            entry = self._send_record(channel, data, expires)
+            shard = self._shard_of(entry.key)
+            # Not sent again if the reply is lost: a second LREM would find nothing
+            # and say "taken" of a message that is gone (the caller then waits).
+            removed.append(
+                self._execute(shard, "LREM", entry.key, 1, entry.record, retry=False) == 1
+            )
+        return removed
+
     def _pop(self, names: list[str], block: bool, deadline: float) -> Record | None:
         plan = self._plan(names)
         if len(plan) == 1:
@@ -2160,6 +2172,22 @@ class RedisFace(AsyncFace):
             if local:
                 entries.append((local, decode_message(record.data)))
         return entries
+
+    async def withdraw(self, receipts: Sequence[Receipt]) -> list[bool]:
+        layer = self.layer
+        await self._ready()
+        removed = [False] * len(receipts)
+        by_shard: dict[int, tuple[_Shard, list[tuple[Any, ...]], list[int]]] = {}
+        for index, (channel, data, expires) in enumerate(receipts):
+            entry = layer._send_record(channel, data, expires)
+            shard = layer._shard_of(entry.key)
+            part = by_shard.setdefault(id(shard), (shard, [], []))
+            part[1].append(("LREM", entry.key, 1, entry.record))
+            part[2].append(index)
+        for shard, batch, indexes in by_shard.values():
+            for index, reply in zip(indexes, await self._batch(shard, batch, False), strict=True):
+                removed[index] = reply == 1
+        return removed
 
     async def discard_channel(self, channel: str) -> None:
         layer = self.layer

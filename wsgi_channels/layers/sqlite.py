@@ -458,6 +458,16 @@ class SQLiteChannelLayer(BaseChannelLayer):
         return results
 
     @_layer_errors
+    def _withdraw(self, items: list[tuple[str, bytes, float]]) -> list[bool]:
+        conn = self._conn()
+        removed = []
+        with self._transaction(conn):
+            for channel, data, expires in items:
+                args = (non_local_name(channel), channel, expires, data)
+                removed.append(conn.execute(self._sql.withdraw, args).rowcount == 1)
+        return removed
+
+    @_layer_errors
     def _push(self, channel: str, data: bytes, expires: float) -> bool:
         conn = self._conn()
         queue = non_local_name(channel)
@@ -649,6 +659,10 @@ class _Statements:
         )
         self.insert = f"INSERT INTO {m} (queue, channel, expires, data, grp) VALUES (?, ?, ?, ?, ?)"
         self.delete_id = f"DELETE FROM {m} WHERE id = ?"
+        self.withdraw = (
+            f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE queue = ? AND channel = ? "
+            f"AND expires = ? AND data = ? AND grp IS NULL LIMIT 1)"
+        )
         # The distinct queues of a group's members, found by skipping through the
         # (grp, queue) index: one seek per queue, however many members each has.
         # Kept are the queues with an unexpired member, with their pending count.
