@@ -109,6 +109,24 @@ def test_flask_channels_run_serves_http_and_a_websocket(serve: tuple[Flask, int]
     assert " * Channel layer: sqlite:///" in server.output
 
 
+def test_flask_channels_run_names_a_relative_sqlite_layer_by_its_absolute_path(
+    app_dir: Path,
+) -> None:
+    port = free_port()
+    layer = "sqlite:///relative.sqlite3"
+    server = Flask(
+        app_dir, "--app", "liveapp:app", "channels", "run", "-p", str(port), "--layer", layer
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        assert (
+            f" * Channel layer: sqlite:///{app_dir.resolve()}/relative.sqlite3\n" in server.output
+        )
+    finally:
+        print(server.output)
+        server.stop()
+
+
 def test_flask_debug_turns_on_debug_and_the_reloader(app_dir: Path) -> None:
     port = free_port()
     server = Flask(app_dir, "--app", "liveapp:app", "--debug", "channels", "run", "-p", str(port))

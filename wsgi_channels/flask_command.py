@@ -68,7 +68,7 @@ def run_command(
     def announce(bound: int) -> None:
         shown = f"[{host}]" if ":" in host else host
         click.echo(f" * Running on http://{shown}:{bound} (Press CTRL+C to quit)")
-        click.echo(f" * Channel layer: {layer_description(layer_url)}")
+        click.echo(f" * Channel layer: {cli.shown_layer_url(layer_description(layer_url))}")
 
     def serve() -> None:
         try:
