@@ -344,6 +344,20 @@ def test_start_line_names_bind_and_layer(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
+@pytest.mark.parametrize("command", [("interface",), ("worker", "apps:echo"), ("run", "apps:echo")])
+def test_a_memory_layer_in_a_process_of_its_own_is_warned_of(command: tuple[str, ...]) -> None:
+    """An interface or a worker on memory:// could never meet its other half."""
+    port = free_port()
+    bind = ("--bind", f"127.0.0.1:{port}") if command[0] != "worker" else ()
+    server = CliProcess(*command, *bind, "--layer", "memory://").start()
+    try:
+        server.wait_for_output("layer memory://", timeout=15)
+    finally:
+        assert server.stop() == 0
+    warned = "memory:// lives inside this process" in server.output
+    assert warned == (command[0] != "run"), server.output
+
+
 @pytest.mark.slow
 def test_run_reload_after_a_syntax_error_is_one_line_then_recovers(tmp_path: Path) -> None:
     source = tmp_path / "reloading.py"

@@ -26,7 +26,7 @@ def check(layer_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_check_healthy_idle_layer(tmp_path: Path) -> None:
     result = check(f"sqlite:///{tmp_path / 'l.sqlite3'}")
     assert result.returncode == 0, result
-    assert result.stdout.startswith("ok")
+    assert result.stdout.startswith("ok: the layer answers, no request waiting (sqlite:")
 
 
 def test_check_unreachable_layer_exits_1() -> None:

@@ -324,6 +324,18 @@ def open_layer(url: str | None) -> BaseChannelLayer:
     return layer
 
 
+def _warn_if_private(url: str) -> None:
+    """``memory://`` lives in one process: an interface or a worker on it can never
+    meet its other half (every request would wait until its timeout)."""
+    if url.partition(":")[0].lower() == "memory":
+        click.echo(
+            "wsgi-channels: warning: memory:// lives inside this process, so no other "
+            "process (interface, worker, sender) can reach it; use sqlite:///FILE or "
+            "redis://HOST (memory:// is for `wsgi-channels run` and tests)",
+            err=True,
+        )
+
+
 def shown_layer_url(url: str) -> str:
     """*url* as the start line shows it: password masked, an SQLite file as an absolute
     path (a process started from another directory uses another file)."""
@@ -733,6 +745,7 @@ def interface(
     _check_bind(host, port, uds)
     url = layer_url_of(layer_url)
     open_layer(url).close()
+    _warn_if_private(url)
     _configure_logging(log_level, access_log=access_log)
     # Each process builds its InterfaceServer with create_app() from these variables:
     # uvicorn's worker processes are spawned, and inherit the environment.
@@ -800,6 +813,7 @@ def worker(
     _check_metrics(metrics_address)
     wsgi_app = load_app(app)
     layer = open_layer(layer_url)
+    _warn_if_private(layer_url_of(layer_url))
     # Channel() and Group() in the app, without layer=, use the layer served here.
     set_default_layer(layer)
     _configure_logging(log_level, access_log=access_log)

@@ -73,4 +73,5 @@ def check(layer: Any, max_wait: float = DEFAULT_MAX_WAIT) -> Health:
             pending,
             oldest,
         )
-    return Health(0, "ok", pending, oldest)
+    waiting = f"{pending} request(s) waiting" if pending else "no request waiting"
+    return Health(0, f"the layer answers, {waiting}", pending, oldest)

@@ -425,7 +425,8 @@ class Worker:
             self._drain(pool, on_tick)
             self._control_channel = None
             control.join(timeout=0.1)  # it notices on its next receive timeout
-            log.info("worker stopped after %d messages", self.requests_taken)
+            taken = self.requests_taken
+            log.info("worker stopped after %d message%s", taken, "" if taken == 1 else "s")
 
     def _new_control_channel(self) -> tuple[str, str]:
         """``(name to receive on, control channel)``: a process channel under our
