@@ -6,7 +6,8 @@ redis-server) for every measurement, the targets interleaved over ``--rounds`` r
 medians reported.
 
 Each wsgi-channels split is written ``I:W:T`` = interface processes : worker processes :
-threads per worker (``--splits 1:1:4,1:2:2`` tries both 1 + 1 and 1 + 2 on two cores).
+threads per worker (``--splits 1:1:8,1:1:32``: one interface and one worker, with the
+default 8 threads and with 32).
 
 Bars: ours >= 1.0x gunicorn sync, >= 1.0x gunicorn gthread, >= 2.0x the naive bridge.
 
@@ -16,7 +17,7 @@ endpoint scraped every ``SCRAPE_INTERVAL`` seconds during the run), interleaved,
 baselines. Bar: metrics on >= 0.97x the req/s of metrics off.
 
     python -m benchmarks.http_throughput [--rounds 3] [--duration 6] [--connections 32]
-        [--splits 1:1:4,1:2:2] [--naive-workers 2] [--metrics] [--quick] [--json PATH]
+        [--splits 1:1:8,1:1:32] [--naive-workers 2] [--metrics] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def add_options(p: Any, *, duration: float) -> None:
     p.add_argument("--gthread-threads", type=int, default=4)
     p.add_argument("--naive-workers", type=int, default=2, help="naive bridge worker processes")
     p.add_argument(
-        "--splits", default="1:1:4,1:2:2", help="wsgi-channels splits I:W:T, comma-separated"
+        "--splits", default="1:1:8,1:1:32", help="wsgi-channels splits I:W:T, comma-separated"
     )
 
 

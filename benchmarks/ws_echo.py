@@ -9,7 +9,7 @@ medians reported.
 Aim: ours >= 1.0x Channels at 1 and at 32 sockets.
 
     python -m benchmarks.ws_echo [--rounds 3] [--duration 5] [--sockets 1,32]
-        [--split 1:1:4] [--quick] [--json PATH]
+        [--split 1:1:8] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> h.Report:
     p = h.parser("ws_echo", __doc__.splitlines()[0])
     h.add_rounds_options(p, rounds=3, duration=5.0)
     p.add_argument("--sockets", default="1,32", help="concurrent sockets, comma-separated")
-    p.add_argument("--split", default="1:1:4", help="wsgi-channels I:W:T")
+    p.add_argument("--split", default="1:1:8", help="wsgi-channels I:W:T")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 0.5
