@@ -13,6 +13,15 @@ USE_TZ = True
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [os.environ.get("CHANNELS_ECHO_REDIS", "redis://127.0.0.1:1/0")]},
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": os.environ.get("CHANNELS_ECHO_REDIS", "redis://127.0.0.1:1/0"),
+                    # channels_redis blocks 5 s in BZPOPMIN; with redis-py 8 the read can
+                    # time out at the same moment and end the consumer (a closed socket).
+                    "socket_timeout": 30,
+                }
+            ]
+        },
     }
 }
