@@ -595,7 +595,9 @@ def _serve(server: Any, sock: socket.socket) -> None:
     uvicorn handles the signals while it serves, then restores the handlers it found
     and raises the signal again so that the default action still happens: that would
     kill the process with SIGTERM after a clean shutdown. The handlers installed here
-    are the ones restored: they ignore that second delivery.
+    are the ones restored: they ignore that second delivery. A signal that arrives
+    before uvicorn has installed its own handlers (right at start) makes it stop as
+    soon as it has started, instead of being lost.
     """
     import signal
 
@@ -604,7 +606,14 @@ def _serve(server: Any, sock: socket.socket) -> None:
         # uvicorn then leaves signals alone too.
         server.run(sockets=[sock])
         return
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(signum: int, frame: object) -> None:
+        # Before uvicorn has put in its own handlers (a signal right at start) this
+        # asks it to stop once started; after it has restored these, its second
+        # delivery of the signal lands here and changes nothing.
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
     finally:
