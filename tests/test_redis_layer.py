@@ -544,6 +544,9 @@ def test_a_dropped_connection_is_replaced_before_the_next_command(
     assert asyncio.run(face_after_kill()) == [{"n": 4}, {"n": 5}]
 
 
+LOAD_CONCURRENCY = 4
+
+
 @pytest.mark.slow
 @pytest.mark.fault
 def test_client_kill_under_load_fails_nothing_and_delivers_nothing_twice(
@@ -594,7 +597,7 @@ def test_client_kill_under_load_fails_nothing_and_delivers_nothing_twice(
         wait_until(lambda: bool(layer.group_channels("ticks")))
         ticker = threading.Thread(target=tick)
         with (
-            HttpLoad(interface.port, "/load", concurrency=4, timeout=5.0) as load,
+            HttpLoad(interface.port, "/load", concurrency=LOAD_CONCURRENCY, timeout=5.0) as load,
             ReconnectingEcho(interface.ws_url + "/ws/echo") as echo,
         ):
             ticker.start()
@@ -624,11 +627,12 @@ def test_client_kill_under_load_fails_nothing_and_delivers_nothing_twice(
     # Only a command caught on the wire by the kill may fail: a send whose outcome is
     # unknown is not sent again (it could deliver twice: a 503, or refused to our
     # ticker), and a pop whose reply was cut lost what it took (at-most-once). The
-    # kill is one instant, so that is one command per kind of traffic at most in
-    # practice (a WebSocket frame whose send was cut closes its socket, and the client
-    # reconnects). Nothing is ever delivered twice.
+    # kill is one instant, so only what was in flight then can fail: at most one
+    # request per client thread of the load (a 503 for a send cut, a 504 for a reply
+    # or a take cut with its messages), one group message, one WebSocket frame (its
+    # socket closes and the client reconnects). Nothing is ever delivered twice.
     failed = len(load.results) - figures["requests"].get("200", 0)
-    assert failed <= 1, figures
+    assert failed <= LOAD_CONCURRENCY, figures
     assert figures["group_refused"] + figures["group_lost"] <= 1, figures
     assert figures["ws_echo_failures"] <= 1, figures
     assert figures["delivered_twice"] == 0, figures
