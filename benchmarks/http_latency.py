@@ -5,7 +5,7 @@ from gunicorn sync in ms.
 
 Bars: ours p50 <= gunicorn p50 + 0.4 ms and p99 <= gunicorn p99 + 1.0 ms.
 
-    python -m benchmarks.http_latency [--rounds 3] [--duration 6] [--splits 1:1:8,1:1:32]
+    python -m benchmarks.http_latency [--rounds 3] [--duration 6] [--splits 1:2:8,1:2:16]
         [--quick] [--json PATH]
 """
 

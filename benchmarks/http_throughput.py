@@ -6,8 +6,11 @@ redis-server) for every measurement, the targets interleaved over ``--rounds`` r
 medians reported.
 
 Each wsgi-channels split is written ``I:W:T`` = interface processes : worker processes :
-threads per worker (``--splits 1:1:8,1:1:32``: one interface and one worker, with the
-default 8 threads and with 32).
+threads per worker (default ``--splits 1:2:8,1:2:16``: one interface and two workers, one
+per core, with the default 8 threads and with 16).
+
+``--batched-workers N`` adds the batched bridge reference (``benchmarks/batched_bridge.py``,
+the 70-line design issue 10 measured; no bar) with N workers.
 
 Bars: ours >= 1.0x gunicorn sync, >= 1.0x gunicorn gthread, >= 2.0x the naive bridge.
 
@@ -17,7 +20,8 @@ endpoint scraped every ``SCRAPE_INTERVAL`` seconds during the run), interleaved,
 baselines. Bar: metrics on >= 0.97x the req/s of metrics off.
 
     python -m benchmarks.http_throughput [--rounds 3] [--duration 6] [--connections 32]
-        [--splits 1:1:8,1:1:32] [--naive-workers 2] [--metrics] [--quick] [--json PATH]
+        [--splits 1:2:8,1:2:16] [--naive-workers 2] [--batched-workers 0] [--metrics]
+        [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ BAR_VS_NAIVE = 2.0
 SYNC = "gunicorn sync"
 GTHREAD = "gunicorn gthread"
 NAIVE = "naive bridge"
+BATCHED = "batched bridge (reference, no bar)"
 BAR_METRICS = 0.97
 METRICS_ON = ", metrics on"
 #: Seconds between two scrapes of each /metrics endpoint during a metrics-on run
@@ -152,17 +157,25 @@ class Scraper:
 
 def start_naive(procs: h.Procs, workers: int, app: str = APP) -> tuple[int, dict[str, Any]]:
     """Start redis, the naive bridge's uvicorn app and *workers* naive workers."""
+    return start_reference(procs, "naive_bridge", workers, app)
+
+
+def start_reference(
+    procs: h.Procs, module: str, workers: int, app: str = APP
+) -> tuple[int, dict[str, Any]]:
+    """Start redis, the uvicorn app of ``benchmarks.<module>`` (the naive or the batched
+    bridge) and *workers* of its worker processes."""
     url = procs.redis()
     redis_proc = procs.procs[-1]
     port = h.free_port()
-    argv = [sys.executable, "-m", "uvicorn", "benchmarks.naive_bridge:app", "--host", h.HOST,
+    env = {f"{module.upper()}_REDIS": url}
+    argv = [sys.executable, "-m", "uvicorn", f"benchmarks.{module}:app", "--host", h.HOST,
             "--port", str(port), "--lifespan", "off", "--no-access-log", "--log-level", "warning",
             "--backlog", "2048"]  # fmt: skip
-    server = procs.start(f"naive-uvicorn-{port}", argv, NAIVE_BRIDGE_REDIS=url)
-    worker_argv = [sys.executable, "-m", "benchmarks.naive_bridge", app]
+    server = procs.start(f"{module}-uvicorn-{port}", argv, **env)
+    worker_argv = [sys.executable, "-m", f"benchmarks.{module}", app]
     worker_procs = [
-        procs.start(f"naive-worker-{port}-{k}", worker_argv, NAIVE_BRIDGE_REDIS=url)
-        for k in range(workers)
+        procs.start(f"{module}-worker-{port}-{k}", worker_argv, **env) for k in range(workers)
     ]
     h.wait_for_port(port, proc=server)
     h.wait_http_ok(port, procs=[server, *worker_procs])
@@ -181,6 +194,11 @@ def targets(args: Any, app: str = APP) -> dict[str, Start]:
             procs, args.naive_workers, app=app
         ),
     }
+    batched = getattr(args, "batched_workers", 0)
+    if batched:
+        found[f"{BATCHED}: uvicorn + {batched} workers, Redis"] = lambda procs: start_reference(
+            procs, "batched_bridge", batched, app
+        )
     if getattr(args, "metrics", False):
         found = {}
     for text in args.splits.split(","):
@@ -221,7 +239,12 @@ def add_options(p: Any, *, duration: float) -> None:
     p.add_argument("--gthread-threads", type=int, default=4)
     p.add_argument("--naive-workers", type=int, default=2, help="naive bridge worker processes")
     p.add_argument(
-        "--splits", default="1:1:8,1:1:32", help="wsgi-channels splits I:W:T, comma-separated"
+        "--batched-workers", type=int, default=0,
+        help="also run the batched bridge reference (benchmarks/batched_bridge.py) with "
+        "this many worker processes (default 0: not run)",
+    )  # fmt: skip
+    p.add_argument(
+        "--splits", default="1:2:8,1:2:16", help="wsgi-channels splits I:W:T, comma-separated"
     )
 
 

@@ -33,7 +33,7 @@ NEEDS = {
 }
 
 
-def run_quick(name: str, tmp_path: Path) -> dict[str, Any]:
+def run_quick(name: str, tmp_path: Path, *extra: str) -> dict[str, Any]:
     # The virtualenv's scripts count whether or not it is activated (as the harness does).
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     missing = [binary for binary in NEEDS[name] if shutil.which(binary, path=path) is None]
@@ -43,7 +43,7 @@ def run_quick(name: str, tmp_path: Path) -> dict[str, Any]:
     env = dict(os.environ, BENCH_STRICT="1", PYTHONPATH=str(ROOT))
     env.pop("WSGI_CHANNELS_LAYER", None)
     done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--json", str(out)],
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--json", str(out), *extra],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -65,10 +65,12 @@ def run_quick(name: str, tmp_path: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", ["http_throughput", "http_latency"])
 def test_http(name: str, tmp_path: Path) -> None:
-    data = run_quick(name, tmp_path)
+    # With the batched bridge reference too (off by default).
+    data = run_quick(name, tmp_path, "--batched-workers", "1")
     configs = [row["config"] for row in data["rows"]]
     assert configs[0].startswith("gunicorn sync") and configs[1].startswith("gunicorn gthread")
-    assert configs[2].startswith("naive bridge") and configs[3].startswith("wsgi-channels")
+    assert configs[2].startswith("naive bridge") and configs[3].startswith("batched bridge")
+    assert configs[4].startswith("wsgi-channels")
     for row in data["rows"]:
         assert row["rounds_ok"] == 1 and "error" not in row, row
         assert row["rps"] > 0 and row["errors"] == 0, row
