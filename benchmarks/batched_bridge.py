@@ -8,14 +8,13 @@ request that arrives in one event-loop turn goes out in one RPUSH; replies come 
 one list per interface process, drained by one asyncio task with BLMPOP COUNT 256. The
 worker (``python -m benchmarks.batched_bridge MODULE:APP``) pops up to ``BATCH`` (16)
 requests with BLMPOP, runs them one after another and sends the replies grouped per
-interface in one RPUSH each, all in one pipeline.
+interface in one RPUSH each, all in one pipeline (each request run as the naive bridge
+runs it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import io
 import itertools
 import os
 import sys
@@ -23,6 +22,8 @@ import uuid
 from typing import Any
 
 import msgpack
+
+from benchmarks.naive_bridge import load, run
 
 QUEUE = "batched:requests"
 BATCH = int(os.environ.get("BATCHED_BRIDGE_BATCH", "16"))
@@ -77,29 +78,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
-def run(wsgi: Any, method: str, path: str, query: bytes, headers: Any, body: bytes) -> list[Any]:
-    environ = {
-        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query.decode(),
-        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
-        "wsgi.run_once": False, "CONTENT_LENGTH": str(len(body)),
-    }  # fmt: skip
-    for key, value in headers:
-        environ["HTTP_" + key.decode("latin-1").upper().replace("-", "_")] = value.decode()
-    started: list[Any] = []
-    chunks = wsgi(environ, lambda status, hdrs, exc=None: started.extend([status, hdrs]))
-    content = b"".join(chunks)
-    getattr(chunks, "close", lambda: None)()
-    out = [[k.encode(), v.encode()] for k, v in started[1]]
-    return [int(started[0].split()[0]), out, content]
-
-
 def worker(app_path: str, url: str) -> None:
     import redis
 
-    module, _, name = app_path.partition(":")
-    wsgi = getattr(importlib.import_module(module), name)
+    wsgi = load(app_path)
     r = redis.Redis.from_url(url)
     while True:
         got = r.execute_command("BLMPOP", 1, 1, QUEUE, "LEFT", "COUNT", BATCH)

@@ -41,31 +41,41 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
+def run(wsgi: Any, method: str, path: str, query: bytes, headers: Any, body: bytes) -> list[Any]:
+    """Run *wsgi* on one request; ``[status, headers, content]`` (also the batched
+    bridge's worker)."""
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query.decode(),
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
+        "wsgi.run_once": False, "CONTENT_LENGTH": str(len(body)),
+    }  # fmt: skip
+    for key, value in headers:
+        environ["HTTP_" + key.decode("latin-1").upper().replace("-", "_")] = value.decode()
+    started: list[Any] = []
+    chunks = wsgi(environ, lambda status, hdrs, exc=None: started.extend([status, hdrs]))
+    content = b"".join(chunks)
+    getattr(chunks, "close", lambda: None)()
+    out = [[k.encode(), v.encode()] for k, v in started[1]]
+    return [int(started[0].split()[0]), out, content]
+
+
+def load(app_path: str) -> Any:
+    module, _, name = app_path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def worker(app_path: str, url: str) -> None:
     import redis
 
-    module, _, name = app_path.partition(":")
-    wsgi = getattr(importlib.import_module(module), name)
+    wsgi = load(app_path)
     r = redis.Redis.from_url(url)
     while True:
         _, raw = r.blpop([QUEUE])
-        reply, method, path, query, headers, body = msgpack.unpackb(raw)
-        environ = {
-            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query.decode(),
-            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
-            "wsgi.run_once": False, "CONTENT_LENGTH": str(len(body)),
-        }  # fmt: skip
-        for key, value in headers:
-            environ["HTTP_" + key.decode("latin-1").upper().replace("-", "_")] = value.decode()
-        started: list[Any] = []
-        chunks = wsgi(environ, lambda status, hdrs, exc=None: started.extend([status, hdrs]))  # noqa: B023
-        content = b"".join(chunks)
-        getattr(chunks, "close", lambda: None)()
-        out = [[k.encode(), v.encode()] for k, v in started[1]]
+        reply, *request = msgpack.unpackb(raw)
         with r.pipeline(transaction=False) as pipe:
-            pipe.lpush(reply, msgpack.packb([int(started[0].split()[0]), out, content]))
+            pipe.lpush(reply, msgpack.packb(run(wsgi, *request)))
             pipe.expire(reply, 30)
             pipe.execute()
 
