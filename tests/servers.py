@@ -59,6 +59,36 @@ def read_log(log: IO[bytes]) -> str:
     return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
 
+class GroupProcess:
+    """A command in the background in a process group of its own, stopped with
+    SIGINT to the whole group (Ctrl-C at a terminal), as development servers whose
+    autoreloader runs the server in a child process expect: ``manage.py runserver``,
+    ``flask run``. Its output: :attr:`output`."""
+
+    def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
+        self.process = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    @property
+    def output(self) -> str:
+        return read_log(self.log)
+
+    def stop(self) -> int:
+        """SIGINT to the group, wait (SIGKILL after 15 s); the exit status."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
 class CliProcess:
     """One ``wsgi-channels`` subcommand running in the background."""
 

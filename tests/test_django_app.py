@@ -4,22 +4,18 @@ static files and WebSockets, on a project made by ``django-admin startproject``.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 import requests
 import websockets
 from conftest import free_port, wait_for_port
-from servers import child_env, read_log
+from servers import GroupProcess, child_env
 
 pytestmark = pytest.mark.slow
 
@@ -89,34 +85,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class Manage:
+class Manage(GroupProcess):
     """``manage.py ARGS`` in the background, in its own process group (the
     autoreloader runs the server in a child process)."""
 
     def __init__(self, project: Path, *args: str) -> None:
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", *args],
-            cwd=project,
-            env=child_env(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def output(self) -> str:
-        return read_log(self.log)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
+        super().__init__([sys.executable, "manage.py", *args], cwd=project, env=child_env())
 
 
 @pytest.fixture

@@ -4,21 +4,17 @@ WebSockets, with the reloader under ``--debug``."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 import requests
 import websockets
 from conftest import free_port, wait_for_port
-from servers import child_env, read_log
+from servers import GroupProcess, child_env
 
 pytestmark = pytest.mark.slow
 
@@ -45,32 +41,10 @@ def ws():
 """
 
 
-class Flask:
+class Flask(GroupProcess):
     def __init__(self, cwd: Path, *args: str) -> None:
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "flask", *args],
-            cwd=cwd,
-            env=child_env({"WSGI_CHANNELS_LAYER": f"sqlite:///{cwd / 'layer.sqlite3'}"}),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def output(self) -> str:
-        return read_log(self.log)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
-        return self.process.returncode
+        layer = {"WSGI_CHANNELS_LAYER": f"sqlite:///{cwd / 'layer.sqlite3'}"}
+        super().__init__([sys.executable, "-m", "flask", *args], cwd=cwd, env=child_env(layer))
 
 
 @pytest.fixture
