@@ -374,11 +374,39 @@ def failover_under_load(
     *,
     settle: float = 6.0,
 ) -> dict[str, Any]:
-    """Serve HTTP, WebSocket echoes and a stream of group messages through an
-    interface and two workers on *url*; call *kill* (it returns the killed port) and
-    poll ``promoted(port)`` until the replica took over; keep the load on *settle*
-    seconds more; return the figures (requests answered and failed, group messages
-    sent, lost and delivered twice, when service was back)."""
+    """:func:`fault_under_load` where the fault is a failover: *kill* (it returns the
+    killed port), then ``promoted(port)`` polled until the replica took over; the
+    load goes on *settle* seconds more. Adds when the replica was promoted and how
+    long service took to come back after that."""
+
+    def failover() -> dict[str, Any]:
+        killed_at = time.monotonic()
+        port = kill()
+        _wait(lambda: promoted(port), 30, "no replica was promoted")
+        return {"promoted_after_s": round(time.monotonic() - killed_at, 2)}
+
+    figures = fault_under_load(url, failover, before=2.0, after=settle)
+    figures["recovery_after_promotion_s"] = round(
+        max(0.0, figures["outage_s"] - figures["promoted_after_s"]), 2
+    )
+    return figures
+
+
+def fault_under_load(
+    url: str,
+    fault: Callable[[], dict[str, Any]],
+    *,
+    before: float,
+    after: float,
+    concurrency: int = 4,
+    tick: float = 0.02,
+) -> dict[str, Any]:
+    """Serve HTTP (*concurrency* client threads), WebSocket echoes and a stream of
+    group messages (one every *tick* seconds, to a socket of the group) through an
+    interface and two workers on *url*; call *fault()* *before* seconds into the
+    load, keep the load on *after* seconds once it returns; return the figures
+    (requests answered and failed, group messages sent, lost and delivered twice,
+    when service was back) with those *fault* returns."""
     import asyncio
 
     import websockets
@@ -395,11 +423,9 @@ def failover_under_load(
     sent: list[int] = []
     send_errors: list[str] = []
     stop = threading.Event()
-    joined = threading.Event()
 
     async def listen() -> None:
         async with websockets.connect(f"{interface.ws_url}/ws/group?name=ticks") as ws:
-            joined.set()
             while not stop.is_set():
                 try:
                     received.append(str(await asyncio.wait_for(ws.recv(), 0.5)))
@@ -415,7 +441,7 @@ def failover_under_load(
                 sent.append(n)
             except ChannelsError as exc:
                 send_errors.append(type(exc).__name__)
-            stop.wait(0.02)
+            stop.wait(tick)
 
     try:
         for process in processes:
@@ -426,16 +452,14 @@ def failover_under_load(
         _wait(lambda: bool(layer.group_channels("ticks")), 10, "the socket joined no group")
         ticker = threading.Thread(target=send_ticks, daemon=True)
         with (
-            HttpLoad(interface.port, "/load", concurrency=4, timeout=5.0) as load,
+            HttpLoad(interface.port, "/load", concurrency=concurrency, timeout=5.0) as load,
             ReconnectingEcho(interface.ws_url + "/ws/echo") as echo,
         ):
             ticker.start()
-            time.sleep(2.0)
-            killed_at = time.monotonic()
-            port = kill()
-            _wait(lambda: promoted(port), 30, "no replica was promoted")
-            promoted_at = time.monotonic()
-            time.sleep(settle)
+            time.sleep(before)
+            fault_at = time.monotonic()
+            extra = fault()
+            time.sleep(after)
             stop.set()
             ticker.join(5)
         listener.join(5)
@@ -447,7 +471,7 @@ def failover_under_load(
             process.stop()
         layer.close()
     failed = [r for r in results if r.status != 200]
-    back_at = max((r.end for r in failed), default=killed_at)
+    back_at = max((r.end for r in failed), default=fault_at)
     counts: dict[str, int] = {}
     for text in received:
         counts[text] = counts.get(text, 0) + 1
@@ -458,9 +482,7 @@ def failover_under_load(
         "failed": len(failed),
         "requests_after_recovery": sum(1 for r in results if r.start > back_at),
         "hung": sum(1 for r in results if r.status is None),
-        "promoted_after_s": round(promoted_at - killed_at, 2),
-        "recovery_after_promotion_s": round(max(0.0, back_at - promoted_at), 2),
-        "outage_s": round(max(0.0, back_at - killed_at), 2),
+        "outage_s": round(max(0.0, back_at - fault_at), 2),
         "group_sent": len(sent),
         "group_send_refused": len(send_errors),
         "group_lost": len(set(map(str, sent)) - set(counts)),
@@ -468,6 +490,7 @@ def failover_under_load(
         "ws_echoes": len(echo.echoes),
         "ws_echo_failures": summary_of(echo.failures),
         "ws_connections": echo.connections,
+        **extra,
     }
 
 

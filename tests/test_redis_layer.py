@@ -552,78 +552,19 @@ LOAD_CONCURRENCY = 4
 def test_client_kill_under_load_fails_nothing_and_delivers_nothing_twice(
     own_redis: RedisServer,
 ) -> None:
-    import websockets
-    from _faults import HttpLoad, ReconnectingEcho, http_get, summary
-    from servers import InterfaceProcess, WorkerProcess
+    from _redis_servers import fault_under_load
 
-    url = own_redis.url
-    processes = [WorkerProcess("apps:echo", url), WorkerProcess("apps:echo", url)]
-    interface = InterfaceProcess(url, "--http-timeout", "3")
-    processes.append(interface)
-    layer = make_plain_layer(url)
-    received: list[str] = []
-    sent: list[int] = []
-    refused: list[str] = []
-    stop = threading.Event()
-
-    async def listen(joined: threading.Event) -> None:
-        async with websockets.connect(f"{interface.ws_url}/ws/group?name=ticks") as ws:
-            joined.set()
-            while not stop.is_set():
-                try:
-                    received.append(str(await asyncio.wait_for(ws.recv(), 0.3)))
-                except TimeoutError:
-                    continue
-
-    def tick() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                layer.send_group("ticks", {"text": str(n)})
-                sent.append(n)
-            except Exception as exc:
-                refused.append(repr(exc))
-            stop.wait(0.01)
-
-    try:
-        for process in processes:
-            process.start()
-        wait_until(lambda: http_get(interface.port, "/ready", 2.0).status == 200, 15)
-        joined = threading.Event()
-        listener = threading.Thread(target=asyncio.run, args=(listen(joined),))
-        listener.start()
-        assert joined.wait(5)
-        wait_until(lambda: bool(layer.group_channels("ticks")))
-        ticker = threading.Thread(target=tick)
-        with (
-            HttpLoad(interface.port, "/load", concurrency=LOAD_CONCURRENCY, timeout=5.0) as load,
-            ReconnectingEcho(interface.ws_url + "/ws/echo") as echo,
-        ):
-            ticker.start()
-            time.sleep(1.5)
-            killed = _kill_clients(own_redis)
-            time.sleep(1.5)
-            stop.set()
-            ticker.join()
-        listener.join(5)
-    finally:
-        stop.set()
-        for process in reversed(processes):
-            process.stop()
-        layer.close()
-    counts = {text: received.count(text) for text in set(received)}
-    figures = {
-        "clients_killed": killed,
-        "requests": summary(load.results),
-        "group_sent": len(sent),
-        "group_refused": len(refused),
-        "group_lost": len({str(n) for n in sent} - set(counts)),
-        "delivered_twice": sum(1 for c in counts.values() if c > 1),
-        "ws_echo_failures": len(echo.failures),
-    }
+    figures = fault_under_load(
+        own_redis.url,
+        lambda: {"clients_killed": _kill_clients(own_redis)},
+        before=1.5,
+        after=1.5,
+        concurrency=LOAD_CONCURRENCY,
+        tick=0.01,
+    )
     print(f"\n[CLIENT KILL under load] {figures}")
-    assert killed >= 5  # the interface's, the workers' and our own connections
+    assert figures["processes_alive"], figures
+    assert figures["clients_killed"] >= 5  # the interface's, the workers' and our own
     # Only a command caught on the wire by the kill may fail: a send whose outcome is
     # unknown is not sent again (it could deliver twice: a 503, or refused to our
     # ticker), and a pop whose reply was cut lost what it took (at-most-once). The
@@ -631,12 +572,12 @@ def test_client_kill_under_load_fails_nothing_and_delivers_nothing_twice(
     # request per client thread of the load (a 503 for a send cut, a 504 for a reply
     # or a take cut with its messages), one group message, one WebSocket frame (its
     # socket closes and the client reconnects). Nothing is ever delivered twice.
-    failed = len(load.results) - figures["requests"].get("200", 0)
-    assert failed <= LOAD_CONCURRENCY, figures
-    assert figures["group_refused"] + figures["group_lost"] <= 1, figures
-    assert figures["ws_echo_failures"] <= 1, figures
+    assert figures["failed"] <= LOAD_CONCURRENCY, figures
+    assert figures["hung"] == 0, figures
+    assert figures["group_send_refused"] + figures["group_lost"] <= 1, figures
+    assert sum(figures["ws_echo_failures"].values()) <= 1, figures
     assert figures["delivered_twice"] == 0, figures
-    assert echo.connections == 1  # the socket stayed up
+    assert figures["ws_connections"] == 1  # the socket stayed up
 
 
 def make_plain_layer(url: str) -> RedisChannelLayer:
