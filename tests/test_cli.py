@@ -207,6 +207,20 @@ def app(environ, start_response):
 """
 
 
+def _reloaded_to(source: Path, port: int, body: bytes) -> bool:
+    """Rewrite the app of *source* to answer *body* and poll until the reloaded server
+    answers it (up to 20 s)."""
+    time.sleep(1.1)  # the stat reloader compares modification times
+    source.write_text(RELOAD_APP.format(body=body))
+    deadline = time.monotonic() + 20
+    got = b""
+    while time.monotonic() < deadline and got != body:
+        with contextlib.suppress(requests.ConnectionError):  # while it restarts
+            got = requests.get(f"http://127.0.0.1:{port}/", timeout=2).content
+        time.sleep(0.2)
+    return got == body
+
+
 def test_run_reload_restarts_when_the_app_changes(tmp_path: Path) -> None:
     source = tmp_path / "reloading.py"
     source.write_text(RELOAD_APP.format(body=b"first"))
@@ -230,15 +244,7 @@ def test_run_reload_restarts_when_the_app_changes(tmp_path: Path) -> None:
     try:
         wait_for_port(port, timeout=20)
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).content == b"first"
-        time.sleep(1.1)  # the stat reloader compares modification times
-        source.write_text(RELOAD_APP.format(body=b"second"))
-        deadline = time.monotonic() + 20
-        body = b""
-        while time.monotonic() < deadline and body != b"second":
-            with contextlib.suppress(requests.ConnectionError):  # while it restarts
-                body = requests.get(f"http://127.0.0.1:{port}/", timeout=2).content
-            time.sleep(0.2)
-        assert body == b"second"
+        assert _reloaded_to(source, port, b"second")
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -387,15 +393,7 @@ def test_run_reload_after_a_syntax_error_is_one_line_then_recovers(tmp_path: Pat
         assert "reloading.py" in errors[0]
         assert "Traceback" not in server.output
         assert "Exception in thread" not in server.output
-        time.sleep(1.1)
-        source.write_text(RELOAD_APP.format(body=b"fixed"))
-        deadline = time.monotonic() + 20
-        body = b""
-        while time.monotonic() < deadline and body != b"fixed":
-            with contextlib.suppress(requests.ConnectionError):  # while it restarts
-                body = requests.get(f"http://127.0.0.1:{port}/", timeout=2).content
-            time.sleep(0.2)
-        assert body == b"fixed"
+        assert _reloaded_to(source, port, b"fixed")
     finally:
         server.signal(signal.SIGINT)
         server.stop()
