@@ -30,7 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _harness as h
-from benchmarks.group_send import BAR_MS_AT_10K, BAR_RATIO, bench_ours
+from benchmarks.group_send import bench_ours, size_bars
 from benchmarks.http_throughput import APP, parse_split, split_label
 
 REDIS_CLI = "redis-cli"
@@ -174,20 +174,7 @@ def main(argv: list[str] | None = None) -> h.Report:
                                      ("rps_rounds", "req/s per round"),
                                      ("cpu", "cpu (% of a core, last round)")]))  # fmt: skip
     cluster = {r["members"]: r for r in rows if r["layer"].startswith("Redis Cluster")}
-    largest = max(sizes)
-    report.bars += [
-        h.Bar(
-            f"cluster: ms per group send at {largest} members",
-            cluster[largest]["mean_ms"],
-            BAR_MS_AT_10K,
-            unit=" ms",
-        ),
-        h.Bar(
-            f"cluster: group send at {largest} / at {sizes[0]}",
-            cluster[largest]["mean_ms"] / cluster[sizes[0]]["mean_ms"],
-            BAR_RATIO,
-        ),
-    ]
+    report.bars += size_bars("cluster", cluster, sizes)
     report.notes.append(
         "A group send on the cluster is one round trip to the group's master and one to "
         "each master holding member queues; on one server it is one script."

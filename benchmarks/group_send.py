@@ -138,6 +138,21 @@ def bench_channels_redis(url: str, sizes: list[int], sends: int) -> list[dict[st
     return asyncio.run(run())
 
 
+def size_bars(label: str, by_members: dict[int, dict[str, Any]], sizes: list[int]) -> list[h.Bar]:
+    """The group send bars of one layer (*by_members*: its rows by group size): the
+    cost at the largest size, and that cost over the cost at the smallest."""
+    largest, smallest = max(sizes), sizes[0]
+    at_largest = by_members[largest]["mean_ms"]
+    return [
+        h.Bar(f"{label}: ms per send at {largest} members", at_largest, BAR_MS_AT_10K, unit=" ms"),
+        h.Bar(
+            f"{label}: send at {largest} / send at {smallest}",
+            at_largest / by_members[smallest]["mean_ms"],
+            BAR_RATIO,
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> h.Report:
     p = h.parser("group_send", __doc__.splitlines()[0])
     p.add_argument("--sizes", default="10,1000,10000")
@@ -195,21 +210,8 @@ def main(argv: list[str] | None = None) -> h.Report:
                   ("expand_us_per_member", "receiver expansion µs/member")]  # fmt: skip
     print(h.markdown(rows, md_columns))
     ours = by_layer.get("wsgi_channels redis", {})
-    largest = max(sizes)
     if ours:
-        report.bars += [
-            h.Bar(
-                f"redis: ms per send at {largest} members",
-                ours[largest]["mean_ms"],
-                BAR_MS_AT_10K,
-                unit=" ms",
-            ),
-            h.Bar(
-                f"redis: send at {largest} / send at {sizes[0]}",
-                ours[largest]["mean_ms"] / ours[sizes[0]]["mean_ms"],
-                BAR_RATIO,
-            ),
-        ]
+        report.bars += size_bars("redis", ours, sizes)
     report.notes.append(
         "expand_ms: one receiving process reads the group message and yields one message "
         "per local member (half the group); channels_redis writes one message per member "
