@@ -528,6 +528,14 @@ class _Send:
         self.outcome: bool | ChannelsError | None = None
 
 
+def _settle(sent: list[_Send], reply: Any) -> None:
+    """Set each entry's outcome from the reply of the send script that carried them
+    (one 1/0 per entry), or from the error that refused them all."""
+    pushed = [reply] * len(sent) if isinstance(reply, ChannelsError) else reply
+    for entry, outcome in zip(sent, pushed, strict=True):
+        entry.outcome = outcome if isinstance(outcome, ChannelsError) else bool(outcome)
+
+
 class _SlotMap:
     """Where a cluster's slots live: the master of each slot, read with ``CLUSTER
     SLOTS`` from any node that answers (the seeds, then every node seen before), and
@@ -1338,15 +1346,7 @@ class RedisChannelLayer(BaseChannelLayer):
         written before any reply is read."""
         commands: list[_Command] = []
         carried: list[list[_Send]] = []
-        by_shard: dict[int, tuple[_Shard, list[_Send]]] = {}
-        for entry in entries:
-            try:
-                shard = self._shard_of(entry.key)
-            except ChannelsError as exc:
-                entry.outcome = exc
-                continue
-            by_shard.setdefault(id(shard), (shard, []))[1].append(entry)
-        for shard, batch in by_shard.values():
+        for shard, batch in self._by_shard(entries):
             for sent, args in self._send_commands(shard, batch):
                 commands.append((shard, args))
                 carried.append(sent)
@@ -1358,11 +1358,20 @@ class RedisChannelLayer(BaseChannelLayer):
                     entry.outcome = LayerUnavailable("send interrupted")
             raise
         for sent, reply in zip(carried, replies, strict=True):
-            for entry, pushed in zip(
-                sent, [reply] * len(sent) if isinstance(reply, ChannelsError) else reply,
-                strict=True,
-            ):  # fmt: skip
-                entry.outcome = pushed if isinstance(pushed, ChannelsError) else bool(pushed)
+            _settle(sent, reply)
+
+    def _by_shard(self, entries: list[_Send]) -> list[tuple[_Shard, list[_Send]]]:
+        """*entries* grouped by the server of their key, in order; an entry whose key
+        has no server now (a cluster slot without a master) gets that as its outcome."""
+        by_shard: dict[int, tuple[_Shard, list[_Send]]] = {}
+        for entry in entries:
+            try:
+                shard = self._shard_of(entry.key)
+            except ChannelsError as exc:
+                entry.outcome = exc
+                continue
+            by_shard.setdefault(id(shard), (shard, []))[1].append(entry)
+        return list(by_shard.values())
 
     def _plan(self, names: list[str]) -> _Plan:
         """The queues to read for *names*, grouped by server and slot (cached per name
@@ -1459,11 +1468,7 @@ class RedisChannelLayer(BaseChannelLayer):
         for (sent, args), reply in zip(sends, replies, strict=False):
             if isinstance(reply, redis.ResponseError):
                 reply = self._follow_up(shard, args, reply, False)  # NOSCRIPT, ASK...
-            for entry, pushed in zip(
-                sent, [reply] * len(sent) if isinstance(reply, ChannelsError) else reply,
-                strict=True,
-            ):  # fmt: skip
-                entry.outcome = pushed if isinstance(pushed, ChannelsError) else bool(pushed)
+            _settle(sent, reply)
         outcomes = [e.outcome if e.outcome is not None else False for e in entries]
         popped = replies[-1]
         if isinstance(popped, redis.ResponseError):

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 
 from .aio import AsyncFace, Deliver, Entry, Receipt, _Backoff
 from .base import ChannelsError, LayerUnavailable, Record, decode_message, non_local_name
-from .redis import MAX_REDIRECTS, SHARD_SLICE, RedisChannelLayer, _packed, _Send, _Shard
+from .redis import MAX_REDIRECTS, SHARD_SLICE, RedisChannelLayer, _packed, _Send, _settle, _Shard
 
 #: Bytes waiting in a Redis socket's buffer over which a write waits for room.
 _WRITE_HIGH = 256 * 1024
@@ -243,29 +243,15 @@ class RedisFace(AsyncFace):
             await self._ready()
         except ChannelsError as exc:
             return [exc] * len(items)
-        by_shard: dict[int, tuple[_Shard, list[_Send]]] = {}
-        entries = []
-        for channel, data, expires in items:
-            entry = layer._send_record(channel, data, expires)
-            entries.append(entry)
-            try:
-                shard = layer._shard_of(entry.key)
-            except ChannelsError as exc:
-                entry.outcome = exc
-                continue
-            by_shard.setdefault(id(shard), (shard, []))[1].append(entry)
+        entries = [layer._send_record(channel, data, expires) for channel, data, expires in items]
 
         async def one(shard: _Shard, batch: list[_Send]) -> None:
             commands = layer._send_commands(shard, batch)
             replies = await self._batch(shard, [args for _e, args in commands], False)
             for (sent, _args), reply in zip(commands, replies, strict=True):
-                for entry, pushed in zip(
-                    sent, [reply] * len(sent) if isinstance(reply, ChannelsError) else reply,
-                    strict=True,
-                ):  # fmt: skip
-                    entry.outcome = pushed if isinstance(pushed, ChannelsError) else bool(pushed)
+                _settle(sent, reply)
 
-        parts = list(by_shard.values())
+        parts = layer._by_shard(entries)
         if len(parts) == 1:
             await one(*parts[0])
         else:
