@@ -90,3 +90,22 @@ def test_websocket_events_not_starved_by_http() -> None:
             read_reply(layer, m["reply_channel"])
     assert calls.count("ws") == 1
     assert calls.index("ws") < 8, calls
+
+
+def test_grace_of_a_lone_message_does_not_hold_back_the_next() -> None:
+    # An idle worker takes one slow request; its thread has a short grace in which
+    # idle threads wait (at concurrency 1 it takes the next request itself). A second
+    # request arriving while the first runs is still taken by an idle thread once the
+    # grace is over: it answers ~0.4 s after it was sent, not after the first is done.
+    layer = MemoryChannelLayer(receive_timeout=0.2)
+    first, second = http_message(layer, path="/first"), http_message(layer, path="/second")
+    with running_worker(_sleepy_app, layer, threads=2):
+        layer.send("http.request", first)
+        time.sleep(0.1)  # the first is running by now
+        sent = time.monotonic()
+        layer.send("http.request", second)
+        reply = read_reply(layer, second["reply_channel"])
+        waited = time.monotonic() - sent
+        assert read_reply(layer, first["reply_channel"]).body == b"/first"
+    assert reply.body == b"/second"
+    assert waited < 0.6, waited

@@ -103,6 +103,16 @@ FULL_STALL_TIMEOUT = 2.0
 DEFAULT_REPLY_TIMEOUT = 60.0
 #: The receive loop runs its tick (gunicorn's heartbeat) at least this often.
 TICK_INTERVAL = 0.5
+#: How long a thread that took the only message of an idle worker keeps the duty to
+#: take the next ones (with its reply, then with a blocking receive of its own) before
+#: an idle thread takes the duty over. At concurrency 1 the next request comes only
+#: after this reply, so an idle thread waiting in the layer meanwhile would only
+#: compete with the app for the GIL; an app slower than this has one waiting as before.
+TAKE_GRACE = 0.001
+#: No grace for this long after a message came while another ran (concurrency above
+#: 1): then idle threads must be ready in the layer, as the next message will not wait
+#: for the end of the one running.
+GRACE_QUIET = 0.1
 
 _BAD_REQUEST = error_reply(400, b"Bad Request\n")
 _SERVER_ERROR = error_reply(500, b"Internal Server Error\n")
@@ -343,7 +353,13 @@ class Worker:
         self._receive_batch: ReceiveBatch | None = getattr(layer, "receive_batch", None)
         self._send_then_receive: SendThenReceive | None = getattr(layer, "send_then_receive", None)
         self._local = threading.local()  # each pool thread's rotation of channel orders
-        self._take_lock = threading.Lock()
+        # The take duty (see _thread_loop): _taking while a thread holds it; _grace_of
+        # the thread whose grace (until _grace_until) is running, None when none is.
+        self._take_cond = threading.Condition(threading.Lock())
+        self._taking = False
+        self._grace_of: int | None = None
+        self._grace_until = 0.0
+        self._concurrent_at = -math.inf  # when a message last came while another ran
         self._handoff: collections.deque[tuple[str, Any]] = collections.deque()
         self._busy = 0
         self._outage_since: float | None = None
@@ -444,13 +460,18 @@ class Worker:
     def _thread_loop(self, index: int) -> None:
         """One pool thread: take messages, run one, repeat.
 
-        Leader/follower: the one free thread holding ``_take_lock`` takes, in one call
+        Leader/follower: the one free thread holding the take duty takes, in one call
         to ``receive_batch``, as many messages as there are free threads (never more,
         so no message taken waits behind another), keeps the first and leaves the rest
-        in ``_handoff``; each free thread looks there before it takes the lock to
-        receive. Messages not yet taken stay in the layer, where other workers can
-        have them. Layers without ``receive_batch`` (ASGI 1.0) are read with one
-        blocking ``receive`` per thread, as they serve one message per call anyway.
+        in ``_handoff``; each free thread looks there before it takes the duty to
+        receive. A thread that took the only message of an idle worker keeps the duty
+        for ``TAKE_GRACE`` while it runs it (idle threads wait), so that at
+        concurrency 1 its reply and its next receive follow each other in one thread
+        instead of a second thread's receive competing with the app; not for
+        ``GRACE_QUIET`` after a message came while another ran. Messages not
+        yet taken stay in the layer, where other workers can have them. Layers
+        without ``receive_batch`` (ASGI 1.0) are read with one blocking ``receive``
+        per thread, as they serve one message per call anyway.
         Each receive starts at the next place in the rotation of channel orders, so a
         busy ``http.request`` cannot starve the ``websocket.*`` channels on layers
         that read the first non-empty channel.
@@ -477,6 +498,7 @@ class Worker:
             try:
                 self._dispatch(channel, message)
             finally:
+                self._end_grace()
                 self.metrics.finished()
                 with self._count_lock:
                     self._busy -= 1
@@ -491,13 +513,12 @@ class Worker:
                 channel, message = self._receive(next(rotations), True)
                 batch = [] if channel is None else [(channel, message)]
             else:
-                if not self._take_lock.acquire(timeout=TICK_INTERVAL):
-                    return []
+                if not self._claim():
+                    return []  # handed off meanwhile (take from there first) or stopping
+                batch = []
+                with self._count_lock:
+                    busy = self._busy
                 try:
-                    if self._handoff or stopping.is_set():
-                        return []  # handed off meanwhile: take from there first
-                    with self._count_lock:
-                        busy = self._busy
                     free = self.threads - busy
                     # With every thread idle there is no backlog to share a round trip
                     # with (concurrency 1): one blocking pop, as receive() does.
@@ -505,17 +526,78 @@ class Worker:
                     batch = self._receive_batch(
                         next(rotations), True, max_messages=free, max_records=records
                     )
+                    if batch and self._busy:
+                        self._concurrent_at = time.monotonic()
                     self._recovered()
                     self._count(batch)
                     return batch
                 finally:
-                    self._take_lock.release()
+                    self._release(grace=not busy and len(batch) == 1)
         except Exception as exc:
             stopping.wait(self._outage(exc))
             return []
         self._recovered()
         self._count(batch)
         return batch
+
+    def _claim(self) -> bool:
+        """Wait for the take duty; False when messages were handed off meanwhile or a
+        stop began, as the caller must look at those first."""
+        cond = self._take_cond
+        with cond:
+            while True:
+                if self._handoff or self._stopping.is_set():
+                    cond.notify()  # the next waiter looks too, one after another
+                    return False
+                if not self._taking:
+                    wait = self._grace_until - time.monotonic()
+                    if self._grace_of is None or wait <= 0:
+                        break
+                else:
+                    wait = TICK_INTERVAL
+                cond.wait(wait)
+            self._taking = True
+            self._grace_of = None
+            return True
+
+    def _try_claim(self) -> bool:
+        """Take the duty if nobody holds it and no message waits in the hand-off; a
+        grace running (this thread's or another's) is ended, as its purpose is that a
+        finishing thread takes. Never waits: when another thread is changing the
+        duty just now, the reply goes alone."""
+        cond = self._take_cond
+        if self._taking or self._handoff or not cond.acquire(blocking=False):
+            return False
+        try:
+            if self._taking or self._handoff or self._stopping.is_set():
+                return False
+            self._taking = True
+            self._grace_of = None
+            return True
+        finally:
+            cond.release()
+
+    def _release(self, *, grace: bool = False) -> None:
+        """Give the duty up; with *grace*, keep it for this thread for ``TAKE_GRACE``
+        unless a message came while another ran in the last ``GRACE_QUIET``. Wakes
+        one waiting thread, which passes the wake on while messages are handed off."""
+        cond = self._take_cond
+        with cond:
+            self._taking = False
+            now = time.monotonic()
+            if grace and now - self._concurrent_at > GRACE_QUIET:
+                self._grace_of = threading.get_ident()
+                self._grace_until = now + TAKE_GRACE
+            cond.notify()
+
+    def _end_grace(self) -> None:
+        """End this thread's grace if it runs still (it took nothing with a reply)."""
+        if self._grace_of != threading.get_ident():
+            return
+        with self._take_cond:
+            if self._grace_of == threading.get_ident():
+                self._grace_of = None
+                self._take_cond.notify()
 
     def _outage(self, exc: Exception) -> float:
         """Note a failed receive; return how long to wait before the next one.
@@ -657,7 +739,7 @@ class Worker:
         """Send the last reply of a message; when no other thread is taking, take this
         thread's next message in the same round trip (``send_then_receive``).
 
-        A thread that finds the take lock free knows that no other thread waits for
+        A thread that finds the take duty free knows that no other thread waits for
         work, so it takes as many messages as there will be free threads once it is
         done: itself and any idle one. They wait in the hand-off queue, which this
         thread reads first when it has finished (closing the app's iterable, logging),
@@ -667,13 +749,7 @@ class Worker:
         combined = self._send_then_receive
         rotations = getattr(self._local, "rotations", None)
         # Messages already taken and waiting in the hand-off: no more until they run.
-        if (
-            combined is None
-            or rotations is None
-            or self._handoff
-            or self._stopping.is_set()
-            or not self._take_lock.acquire(blocking=False)
-        ):
+        if combined is None or rotations is None or not self._try_claim():
             self._send(channel, message, deadline, request)
             return
         try:
@@ -681,6 +757,8 @@ class Worker:
                 free = self.threads - self._busy + 1  # this thread, once done
             started = self.metrics.clock()
             results, batch = combined([(channel, message)], next(rotations), free)
+            if batch:  # they came while this one ran
+                self._concurrent_at = time.monotonic()
             error = results[0]
             self._recovered()
             self._count(batch)
@@ -689,7 +767,7 @@ class Worker:
             self.metrics.layer_error(exc)
             raise _Abandon(f"the layer refused the reply: {exc!r}") from None
         finally:
-            self._take_lock.release()
+            self._release()
         if error is None:
             self.metrics.sent(channel, started)
             return

@@ -319,7 +319,9 @@ class GoingAwayWSProtocol(WSProtocol):
     def shutdown(self) -> None:
         if self.handshake_complete and not self.close_sent and not self.transport.is_closing():
             self.stop_keepalive()
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
+            # uvicorn types its queue with event TypedDicts of its private _types.
+            disconnect: Any = {"type": "websocket.disconnect", "code": 1001}
+            self.queue.put_nowait(disconnect)
             self.transport.write(self.conn.send(CloseConnection(code=1001)))
             self.close_sent = True
             self.transport.close()
