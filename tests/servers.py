@@ -51,6 +51,20 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def metrics_text(port: int, until: str, timeout: float = 10.0) -> str:
+    """The text of ``/metrics`` on *port* once it contains *until* (a response reaches
+    the client a moment before it is counted); the last text either way."""
+    import requests
+
+    wait_for_port(port, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        if until in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
 def read_log(log: IO[bytes]) -> str:
     """What a child process wrote so far to *log*, its stdout. Read with pread, which
     leaves the file offset alone: the offset is shared with the child, whose next

@@ -15,7 +15,7 @@ import pytest
 import requests
 import websockets
 from conftest import free_port, wait_for_port
-from servers import GroupProcess, child_env
+from servers import GroupProcess, child_env, metrics_text
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +195,23 @@ def test_runserver_noreload_nothreading(project: Path) -> None:
         wait_for_port(port, timeout=30)
         assert greeting(port, login(port)) == "hello admin"
         assert "with 1 threads" in server.output
+    finally:
+        print(server.output)
+        server.stop()
+
+
+def test_runserver_serves_metrics(project: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    server = Manage(
+        project, "runserver", "--noreload", str(port), "--metrics", f"127.0.0.1:{metrics_port}"
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        assert greeting(port, login(port)) == "hello admin"
+        text = metrics_text(metrics_port, until='status="200"')
+        # The login page, the login's redirect, and the WebSocket: both halves count.
+        counted = ['requests_total{status="200"}', 'requests_total{status="302"}', "frames_total{"]
+        assert [line for line in counted if line not in text] == [], text
     finally:
         print(server.output)
         server.stop()

@@ -14,7 +14,7 @@ import pytest
 import requests
 import websockets
 from conftest import free_port, wait_for_port
-from servers import GroupProcess, child_env
+from servers import GroupProcess, child_env, metrics_text
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +153,33 @@ def test_flask_channels_run_port_in_use_is_one_line(app_dir: Path) -> None:
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_flask_channels_run_serves_metrics(app_dir: Path) -> None:
+    # --metrics as on `wsgi-channels run`: both halves' metrics, moving with traffic.
+    port, metrics_port = free_port(), free_port()
+    server = Flask(
+        app_dir, "--app", "liveapp:app", "channels", "run", "-p", str(port),
+        "--metrics", f"127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    try:
+        wait_for_port(port, timeout=30)
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "plain"
+        assert talk(port) == ("hello", "echo ping")
+        text = metrics_text(metrics_port, until='status="200"')
+        assert 'wsgi_channels_http_requests_total{status="200"} 1.0' in text, text
+        assert "wsgi_channels_worker_threads 8.0" in text, text
+        assert "wsgi_channels_websocket_frames_total" in text, text
+    finally:
+        print(server.output)
+        server.stop()
+
+
+def test_flask_channels_run_bad_metrics_address_is_a_usage_error(app_dir: Path) -> None:
+    argv = [sys.executable, "-m", "flask", "--app", "liveapp:app", "channels", "run",
+            "--metrics", "nowhere"]  # fmt: skip
+    result = subprocess.run(
+        argv, cwd=app_dir, env=child_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result
+    assert "metrics" in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -543,54 +543,25 @@ def _run(
     announce: bool,
     metrics_address: str | None = None,
 ) -> None:
-    import uvicorn
-
-    from .interface import InterfaceConfig, InterfaceServer
-    from .layers import set_default_layer
-    from .worker import Worker
+    from .inprocess import serve_app
 
     app = load_app(app_spec)
-    _check_bind(host, port, uds)
-    layer = open_layer(layer_url)
     log_level, access_log = logs
-    _configure_logging(log_level, access_log=access_log)
-    # The app's Group(...).send() must reach the same layer (memory:// is per object).
-    set_default_layer(layer)
-    try:
-        interface_metrics, worker_metrics = _start_metrics(
-            metrics_address, layer, "interface", "worker"
-        )
-    except ConfigurationError:
-        layer.close()
-        raise
-    worker_metrics.worker_threads(threads)
-    worker = Worker(app, layer, threads=threads, metrics=worker_metrics)
-    worker_thread = threading.Thread(target=worker.serve, name="wsgi-channels-worker")
-    worker_thread.start()
-    try:
-        config = uvicorn.Config(
-            InterfaceServer(
-                layer, InterfaceConfig.from_environ(os.environ), metrics=interface_metrics
-            ),
-            host=host or "127.0.0.1",
-            port=port or 0,
-            uds=uds,
-            **_uvicorn_options(log_level),
-        )
-        server = uvicorn.Server(config)
-        sock = _bind(config)
-        if announce:
-            port = sock.getsockname()[1] if uds is None else None
-            click.echo(_serving_line(host, port, uds, layer_url_of(layer_url)))
-        _serve(server, sock)
-    finally:
-        worker.stop()
-        worker_thread.join()
-        layer.close()
+
+    def announce_bound(bound: int) -> None:
+        click.echo(_serving_line(host, None if uds else bound, uds, layer_url_of(layer_url)))
+
+    serve_app(
+        app, host or "127.0.0.1", port or 0, uds=uds, threads=threads, layer_url=layer_url,
+        on_bind=announce_bound if announce else None, log_level=log_level,
+        access_log=access_log, metrics_address=metrics_address,
+    )  # fmt: skip
 
 
-def _serve(server: Any, sock: socket.socket) -> None:
+def _serve(server: Any, sock: socket.socket, announce: Callable[[], None] | None = None) -> None:
     """Run a uvicorn server until SIGTERM/SIGINT, then return normally (exit 0).
+    *announce()* (the "Running on" line) is called once a signal can no longer be
+    lost, so that whoever waits for that line may stop the server at once.
 
     uvicorn handles the signals while it serves, then restores the handlers it found
     and raises the signal again so that the default action still happens: that would
@@ -604,6 +575,8 @@ def _serve(server: Any, sock: socket.socket) -> None:
     if threading.current_thread() is not threading.main_thread():
         # Under --reload, werkzeug's reloader owns the main thread (and the signals);
         # uvicorn then leaves signals alone too.
+        if announce is not None:
+            announce()
         server.run(sockets=[sock])
         return
 
@@ -615,6 +588,8 @@ def _serve(server: Any, sock: socket.socket) -> None:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if announce is not None:
+            announce()
         server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
@@ -781,8 +756,8 @@ def interface(
     app = create_app(metrics=recorder)
     config = uvicorn.Config(app, host=host or "127.0.0.1", port=port or 0, uds=uds, **options)
     sock = _bind(config)
-    click.echo(_serving_line(host, sock.getsockname()[1] if uds is None else None, uds, url))
-    _serve(uvicorn.Server(config), sock)
+    bound = sock.getsockname()[1] if uds is None else None
+    _serve(uvicorn.Server(config), sock, lambda: click.echo(_serving_line(host, bound, uds, url)))
 
 
 def _serve_metrics_of_children(address: str, url: str, processes: int) -> None:
@@ -1053,4 +1028,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m wsgi_channels.cli``: run the imported module's main, so that the
+    # modules importing ``wsgi_channels.cli`` (inprocess) raise the classes it catches.
+    from wsgi_channels.cli import main as imported_main
+
+    imported_main()

@@ -5,6 +5,7 @@ installed has it::
 
     flask --app APP channels run [--host 127.0.0.1] [--port 8000] [--layer URL]
                                  [--threads N] [--reload/--no-reload]
+                                 [--metrics HOST:PORT]
     flask --app APP --debug channels run     # debug mode and the reloader
 
 It serves the app as ``wsgi-channels run`` does (the interface server and a worker in
@@ -22,6 +23,7 @@ from flask.helpers import get_debug_flag
 
 from wsgi_channels import cli
 from wsgi_channels.layers import LAYER_ENV
+from wsgi_channels.layers.base import ConfigurationError
 
 __all__ = ["channels"]
 
@@ -47,6 +49,7 @@ channels = AppGroup("channels", help="wsgi-channels: WebSockets and server push.
     default=None,
     help="Restart when a Python file changes. On by default under --debug.",
 )
+@cli.metrics_option
 @pass_script_info
 def run_command(
     info: ScriptInfo,
@@ -55,6 +58,7 @@ def run_command(
     layer_url: str | None,
     threads: int,
     reload: bool | None,
+    metrics_address: str | None,
 ) -> None:
     """Serve the app for development: HTTP and WebSockets, one process."""
     from werkzeug._reloader import run_with_reloader
@@ -64,6 +68,10 @@ def run_command(
 
     if reload is None:
         reload = get_debug_flag()
+    try:
+        cli._check_metrics(metrics_address)
+    except (cli.UsageProblem, ConfigurationError) as exc:
+        raise click.UsageError(str(exc)) from None
 
     def announce(bound: int) -> None:
         shown = f"[{host}]" if ":" in host else host
@@ -79,8 +87,9 @@ def run_command(
                 threads=threads,
                 layer_url=layer_url,
                 on_bind=None if reload else announce,
+                metrics_address=metrics_address,
             )
-        except cli.UsageProblem as exc:
+        except (cli.UsageProblem, ConfigurationError) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.stderr.flush()
             if reload:

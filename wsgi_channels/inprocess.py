@@ -6,6 +6,7 @@ app: ``manage.py runserver`` and ``flask channels run``.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -29,42 +30,61 @@ def serve_app(
     host: str,
     port: int,
     *,
+    uds: str | None = None,
     threads: int = 8,
     layer_url: str | None = None,
     on_bind: Callable[[int], None] | None = None,
+    log_level: str = "info",
+    access_log: bool = True,
+    metrics_address: str | None = None,
 ) -> None:
-    """Serve *app* on ``host:port`` until SIGINT/SIGTERM (when called from the main
-    thread) or the end of the process (an autoreloader runs this in a thread and
-    ends the process to restart it).
+    """Serve *app* on ``host:port`` (or the Unix socket *uds*) until SIGINT/SIGTERM
+    (when called from the main thread) or the end of the process (an autoreloader
+    runs this in a thread and ends the process to restart it).
 
     *layer_url* ``None`` means a Django project's ``WSGI_CHANNELS_LAYER`` setting, else
-    the default. *on_bind* is called with the port once the socket listens. A port in
-    use or an unreachable layer raises :class:`wsgi_channels.cli.UsageProblem` (one line)
-    before anything is served.
+    the default. *on_bind* is called with the port (0 on a Unix socket) once the socket
+    listens. *metrics_address* ``HOST:PORT`` serves Prometheus metrics of both halves
+    there. The interface reads its settings from the environment
+    (``WSGI_CHANNELS_ALLOWED_ORIGINS`` and the others), as ``wsgi-channels
+    interface`` does. A port in use or an unreachable layer raises
+    :class:`wsgi_channels.cli.UsageProblem` (one line) before anything is served.
     """
     import uvicorn
 
-    from wsgi_channels.interface import InterfaceServer
+    from wsgi_channels.interface import InterfaceConfig, InterfaceServer
     from wsgi_channels.layers import set_default_layer
+    from wsgi_channels.layers.base import ConfigurationError
     from wsgi_channels.worker import Worker
 
-    cli._check_bind(host, port, None)
+    cli._check_bind(host, port, uds)
     layer = cli.open_layer(layer_url)
-    cli._configure_logging()
+    cli._configure_logging(log_level, access_log=access_log)
     # The app's Group(...).send() must reach the layer served here (memory:// is per object).
     set_default_layer(layer)
-    worker = Worker(app, layer, threads=threads)
+    try:
+        interface_metrics, worker_metrics = cli._start_metrics(
+            metrics_address, layer, "interface", "worker"
+        )
+    except ConfigurationError:
+        layer.close()
+        raise
+    worker_metrics.worker_threads(threads)
+    worker = Worker(app, layer, threads=threads, metrics=worker_metrics)
     # A daemon thread: a reloader ends the process with sys.exit() to restart it.
     worker_thread = threading.Thread(target=worker.serve, name="wsgi-channels-worker", daemon=True)
     worker_thread.start()
     try:
+        interface = InterfaceServer(
+            layer, InterfaceConfig.from_environ(os.environ), metrics=interface_metrics
+        )
         config = uvicorn.Config(
-            InterfaceServer(layer), host=host, port=port, **cli._uvicorn_options("info")
+            interface, host=host, port=port, uds=uds, **cli._uvicorn_options(log_level)
         )
         sock = cli._bind(config)
-        if on_bind is not None:
-            on_bind(sock.getsockname()[1])
-        cli._serve(uvicorn.Server(config), sock)
+        bound = 0 if uds is not None else sock.getsockname()[1]
+        announce = None if on_bind is None else lambda: on_bind(bound)
+        cli._serve(uvicorn.Server(config), sock, announce)
     finally:
         worker.stop()
         worker_thread.join(timeout=worker.graceful_timeout + 1)

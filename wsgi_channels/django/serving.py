@@ -9,6 +9,7 @@ from django.core.management.base import CommandError
 
 from wsgi_channels import cli
 from wsgi_channels.layers import LAYER_ENV
+from wsgi_channels.layers.base import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,14 +39,17 @@ def serve_in_process(
     threads: int,
     given_layer: str | None = None,
     on_bind: Callable[[int], None] | None = None,
+    metrics_address: str | None = None,
 ) -> None:
     """Serve *app* with the interface server and a worker in this process; a port in
-    use or an unreachable layer is a CommandError."""
+    use, an unreachable layer or a bad metrics address is a CommandError."""
     from wsgi_channels.inprocess import serve_app
 
     try:
+        cli._check_metrics(metrics_address)
         serve_app(
-            app, host, port, threads=threads, layer_url=layer_url(given_layer), on_bind=on_bind
-        )
-    except cli.UsageProblem as exc:
+            app, host, port, threads=threads, layer_url=layer_url(given_layer),
+            on_bind=on_bind, metrics_address=metrics_address,
+        )  # fmt: skip
+    except (cli.UsageProblem, ConfigurationError) as exc:
         raise CommandError(str(exc)) from None

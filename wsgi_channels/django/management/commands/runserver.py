@@ -41,6 +41,14 @@ class Command(BaseRunserver):  # type: ignore[misc]
             help="Channel layer URL (default: the WSGI_CHANNELS_LAYER setting, then "
             "sqlite:///.wsgi_channels.sqlite3). [env: WSGI_CHANNELS_LAYER]",
         )
+        parser.add_argument(
+            "--metrics",
+            dest="metrics_address",
+            default=os.environ.get("WSGI_CHANNELS_METRICS") or None,
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the metrics "
+            "extra); off by default. [env: WSGI_CHANNELS_METRICS]",
+        )
 
     def on_bind(self, server_port: int) -> None:
         from wsgi_channels.inprocess import layer_description
@@ -71,6 +79,7 @@ class Command(BaseRunserver):  # type: ignore[misc]
                 threads=THREADS if options["use_threading"] else 1,
                 given_layer=options.get("layer_url"),
                 on_bind=self.on_bind,
+                metrics_address=options.get("metrics_address"),
             )
         except CommandError as exc:
             self.stderr.write(f"Error: {exc}")
