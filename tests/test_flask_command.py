@@ -42,8 +42,8 @@ def ws():
 
 
 class Flask(GroupProcess):
-    def __init__(self, cwd: Path, *args: str) -> None:
-        layer = {"WSGI_CHANNELS_LAYER": f"sqlite:///{cwd / 'layer.sqlite3'}"}
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        layer = {"WSGI_CHANNELS_LAYER": f"sqlite:///{cwd / 'layer.sqlite3'}", **(env or {})}
         super().__init__([sys.executable, "-m", "flask", *args], cwd=cwd, env=child_env(layer))
 
 
@@ -183,3 +183,28 @@ def test_flask_channels_run_bad_metrics_address_is_a_usage_error(app_dir: Path) 
     )
     assert result.returncode == 2, result
     assert "metrics" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_flask_channels_run_reads_the_interface_settings_from_the_environment(
+    app_dir: Path,
+) -> None:
+    # WSGI_CHANNELS_ALLOWED_ORIGINS, as `wsgi-channels interface` reads it: a page of
+    # https://app.example may open a socket; by default only the same host could.
+    port = free_port()
+    env = {"WSGI_CHANNELS_ALLOWED_ORIGINS": "https://app.example"}
+    server = Flask(app_dir, "--app", "liveapp:app", "channels", "run", "-p", str(port), env=env)
+
+    async def greeting(origin: str) -> str:
+        url = f"ws://127.0.0.1:{port}/ws"
+        async with websockets.connect(url, origin=origin, open_timeout=10) as ws:  # type: ignore[arg-type]
+            return str(await asyncio.wait_for(ws.recv(), 10))
+
+    try:
+        wait_for_port(port, timeout=30)
+        assert asyncio.run(greeting("https://app.example")) == "hello"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            asyncio.run(greeting("https://elsewhere.example"))
+        assert refused.value.response.status_code == 403
+    finally:
+        print(server.output)
+        server.stop()
