@@ -438,6 +438,50 @@ def test_one_round_trip_per_operation(
     assert calls(after, "blpop") - calls(before, "blpop") == 5
 
 
+def test_sends_from_many_threads_share_round_trips_and_each_gets_its_outcome(
+    redis_url: str,
+    make_layer: Callable[[str], RedisChannelLayer],
+    round_trips: list[tuple[Any, ...]],
+) -> None:
+    # 16 threads of 40 sends, all at once, to a channel with room for 600 of the 640:
+    # the sends share round trips (group commit), each thread is told of its own
+    # send's fate (40 of them ChannelFull), and every send that succeeded arrives.
+    layer = make_layer(redis_url + "?channel_capacity=shared.q:600")
+    layer.send("warm", {})
+    round_trips.clear()
+    start = threading.Barrier(16)
+    accepted: list[int] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def burst(k: int) -> None:
+        start.wait()
+        for i in range(40):
+            try:
+                layer.send("shared.q", {"n": k * 100 + i})
+            except ChannelFull:
+                with lock:
+                    refused.append(k * 100 + i)
+            else:
+                with lock:
+                    accepted.append(k * 100 + i)
+
+    threads = [threading.Thread(target=burst, args=(k,)) for k in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(accepted) == 600 and len(refused) == 40
+    assert len(round_trips) < 640  # shared: fewer round trips than sends
+    got = [m["n"] for _c, m in layer.receive_batch(["shared.q"], max_messages=1000)]
+    while len(got) < 600:
+        more = layer.receive_batch(["shared.q"], max_messages=1000)
+        assert more, got
+        got += [m["n"] for _c, m in more]
+    assert sorted(got) == sorted(accepted)
+
+
 def test_group_send_writes_one_record_per_process(
     redis_url: str, redis_server: RedisServer, make_layer: Callable[[str], RedisChannelLayer]
 ) -> None:

@@ -469,7 +469,7 @@ class _Shard:
         #: (service, sentinel addresses, sentinel connection kwargs) behind Sentinel.
         self.sentinel = sentinel
         # Sends waiting to share a round trip (see RedisChannelLayer._push).
-        self.combine = threading.Condition(threading.Lock())
+        self.combine = threading.Lock()
         self.pending: list[_Send] = []
         self.busy = False
         self.pool: redis.ConnectionPool
@@ -519,13 +519,17 @@ class _Shard:
 class _Send:
     """One message waiting in a shard's combined send."""
 
-    __slots__ = ("capacity", "key", "outcome", "record")
+    __slots__ = ("capacity", "key", "lead", "outcome", "record", "waiter")
 
     def __init__(self, key: str, record: bytes, capacity: int) -> None:
         self.key = key
         self.record = record
         self.capacity = capacity
         self.outcome: bool | ChannelsError | None = None
+        #: Held while the sending thread waits; released once, when the outcome is
+        #: set or when the thread is handed the next round trip (then ``lead``).
+        self.waiter: threading.Lock | None = None
+        self.lead = False
 
 
 def _settle(sent: list[_Send], reply: Any) -> None:
@@ -1261,27 +1265,68 @@ class RedisChannelLayer(BaseChannelLayer):
         server takes every send queued there and runs them in one script per slot; a
         thread that finds one in flight queues its send and waits for it to be taken
         by the next. A lone thread pays exactly one round trip; nothing waits for a
-        batch to fill."""
+        batch to fill. A waiting thread is woken once: when its send has its outcome,
+        or when it is handed the next round trip."""
         entry = self._send_record(channel, data, expires)
         shard = self._shard_of(entry.key)
         with shard.combine:
             shard.pending.append(entry)
-            while entry.outcome is None:
-                if shard.busy:
-                    shard.combine.wait()
-                    continue
+            if shard.busy:
+                entry.waiter = threading.Lock()
+                entry.waiter.acquire()
+            else:
                 shard.busy = True
-                batch, shard.pending = shard.pending, []
-                shard.combine.release()
-                try:
-                    self._send_batch(shard, batch)
-                finally:
-                    shard.combine.acquire()
-                    shard.busy = False
-                    shard.combine.notify_all()
-        if isinstance(entry.outcome, ChannelsError):
-            raise entry.outcome
-        return entry.outcome
+        if entry.waiter is not None:
+            try:
+                entry.waiter.acquire()
+            except BaseException:  # KeyboardInterrupt in the main thread
+                self._withdraw_send(shard, entry)
+                raise
+        if entry.outcome is None:
+            self._lead(shard)
+        outcome = entry.outcome
+        if isinstance(outcome, ChannelsError):
+            raise outcome
+        return bool(outcome)
+
+    @staticmethod
+    def _withdraw_send(shard: _Shard, entry: _Send) -> None:
+        """An interrupted wait: the send is dropped if no round trip took it yet, and
+        a round trip handed to this thread goes to the next send queued."""
+        with shard.combine:
+            if entry in shard.pending:
+                shard.pending.remove(entry)
+            if entry.lead:
+                RedisChannelLayer._hand_on(shard)
+
+    @staticmethod
+    def _hand_on(shard: _Shard) -> None:
+        """With ``shard.combine`` held: wake the first send queued to lead the next
+        round trip, or mark the shard idle."""
+        if shard.pending:
+            first = shard.pending[0]
+            first.lead = True
+            assert first.waiter is not None  # queued while busy
+            first.waiter.release()
+        else:
+            shard.busy = False
+
+    def _lead(self, shard: _Shard) -> None:
+        """Send every send queued on *shard* in one round trip (ours among them), wake
+        their threads, then hand the next round trip to the first send queued since,
+        or mark the shard idle."""
+        with shard.combine:
+            batch, shard.pending = shard.pending, []
+        try:
+            self._send_batch(shard, batch)
+        finally:
+            for entry in batch:
+                if entry.outcome is None:  # an interrupt before the reply was read
+                    entry.outcome = LayerUnavailable(f"Redis at {shard.masked}: send interrupted")
+                if entry.waiter is not None:
+                    entry.waiter.release()
+            with shard.combine:
+                self._hand_on(shard)
 
     def _send_commands(self, shard: _Shard, batch: list[_Send]) -> list[tuple[list[_Send], Any]]:
         """The send scripts for *batch*: one per slot (a cluster runs a script in one
