@@ -30,6 +30,7 @@ NEEDS = {
     "ws_memory": ("redis-server",),
     "sqlite_latency": (),
     "micro": ("redis-server",),
+    "ab": ("wrk", "redis-server"),
 }
 
 
@@ -77,6 +78,12 @@ def test_http(name: str, tmp_path: Path) -> None:
         assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"], row
         assert row["runs"][0]["loadavg_1m"] >= 0, row
     assert len(data["bars"]) >= 2
+
+
+def test_ab_of_a_tree_against_itself(tmp_path: Path) -> None:
+    (row,) = run_quick("ab", tmp_path, str(ROOT))["rows"]
+    assert row["case"] == "c1" and row["A_rps"] > 0 and row["B_rps"] > 0, row
+    assert row["rps_B_over_A"] > 0 and row["p50_ms_B_minus_A"] is not None, row
 
 
 def test_ws_echo(tmp_path: Path) -> None:
