@@ -494,7 +494,6 @@ def run(
 ) -> None:
     """Serve APP for development: interface server and worker in one process."""
     host, port, uds = parse_bind(bind)
-    _check_metrics(metrics_address)
     if reload:
         # werkzeug's reloader (the one flask run uses); run_simple wraps it with its
         # own server, so we call it directly.
@@ -502,7 +501,10 @@ def run(
         from werkzeug.serving import is_running_from_reloader
 
         if not is_running_from_reloader():
-            load_app(app)  # fail now, once, rather than in every restarted child
+            # Fail now, once, rather than in every restarted child (serve_app checks
+            # the metrics address itself otherwise).
+            _check_metrics(metrics_address)
+            load_app(app)
             click.echo(_serving_line(host, port, uds, layer_url_of(layer_url)))
 
         def serve_until_changed() -> None:

@@ -68,7 +68,7 @@ def run_command(
 
     if reload is None:
         reload = get_debug_flag()
-    try:
+    try:  # once, here, rather than in every process the reloader starts
         cli._check_metrics(metrics_address)
     except (cli.UsageProblem, ConfigurationError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -48,7 +48,9 @@ def serve_app(
     there. The interface reads its settings from the environment
     (``WSGI_CHANNELS_ALLOWED_ORIGINS`` and the others), as ``wsgi-channels
     interface`` does. A port in use or an unreachable layer raises
-    :class:`wsgi_channels.cli.UsageProblem` (one line) before anything is served.
+    :class:`wsgi_channels.cli.UsageProblem`, a bad *metrics_address* (or no
+    prometheus-client) :class:`ConfigurationError`, each one line, before anything is
+    served.
     """
     import uvicorn
 
@@ -57,6 +59,7 @@ def serve_app(
     from wsgi_channels.layers.base import ConfigurationError
     from wsgi_channels.worker import Worker
 
+    cli._check_metrics(metrics_address)
     cli._check_bind(host, port, uds)
     layer = cli.open_layer(layer_url)
     cli._configure_logging(log_level, access_log=access_log)

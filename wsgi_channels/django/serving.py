@@ -46,7 +46,6 @@ def serve_in_process(
     from wsgi_channels.inprocess import serve_app
 
     try:
-        cli._check_metrics(metrics_address)
         serve_app(
             app, host, port, threads=threads, layer_url=layer_url(given_layer),
             on_bind=on_bind, metrics_address=metrics_address,
