@@ -491,7 +491,26 @@ def fault_under_load(
         "ws_echo_failures": summary_of(echo.failures),
         "ws_connections": echo.connections,
         **extra,
+        "log": {p.args[0]: complaints(p.output) for p in (interface, workers[0])},
     }
+
+
+def complaints(output: str, most: int = 12) -> list[str]:
+    """The distinct warnings and errors in a process's *output* (timestamps cut,
+    repeats counted): what a failed fault test prints to say what the servers saw."""
+    counts: dict[str, int] = {}
+    in_traceback = False
+    for line in output.splitlines():
+        if line.startswith("Traceback"):
+            in_traceback = True
+            continue
+        if in_traceback and line.startswith(" "):
+            continue
+        if in_traceback or " WARNING " in line or " ERROR " in line:
+            text = line.split(" ", 2)[-1] if line[:2] == "20" else line  # cut the stamp
+            counts[text[:200]] = counts.get(text[:200], 0) + 1
+        in_traceback = False
+    return [f"{n}x {text}" for text, n in list(counts.items())[:most]]
 
 
 def summary_of(failures: list[tuple[float, str]]) -> dict[str, int]:

@@ -136,6 +136,40 @@ def test_face_send_to_a_listened_prefix_skips_the_layer(layer: Any) -> None:
     assert layer.channel_statistics(channel)["messages_pending"] == 0
 
 
+def test_face_keeps_receiving_after_a_fault_it_did_not_expect(
+    layer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whatever ends a receive (here a deliver callback that raises once) is logged,
+    # and the face receives again: replies and group messages after it still arrive.
+    got = Collector()
+    failed = []
+
+    def deliver(entries: list[Entry]) -> None:
+        if not failed:
+            failed.append(entries)
+            raise RuntimeError("a deliver bug")
+        got(entries)
+
+    async def main() -> list[Entry]:
+        face = async_face(layer)
+        face.listen(["faces.restart"], deliver)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, layer.send, "faces.restart", {"n": 1})
+        while not failed:
+            await asyncio.sleep(0.01)
+        for n in (2, 3):
+            await loop.run_in_executor(None, layer.send, "faces.restart", {"n": n})
+        entries = await got.wait_for(2)
+        await face.aclose()
+        return entries
+
+    with caplog.at_level("ERROR", logger="wsgi_channels.layers"):
+        entries = run(main())
+    assert [m for _c, m in entries] == [{"n": 2}, {"n": 3}]
+    assert "receiving from the channel layer failed; starting again" in caplog.text
+    assert "a deliver bug" in caplog.text
+
+
 def test_face_send_errors_are_the_layers(make_layer: Any) -> None:
     layer = make_layer(capacity=2)
 

@@ -187,9 +187,27 @@ class AsyncFace:
             if name.endswith("!"):
                 self._prefixes.append(name)
                 self.layer._local_sinks[name] = self._local_sink
-        task = self.loop.create_task(self._drain(list(names), deliver, max_messages))
+        task = self.loop.create_task(self._receive(list(names), deliver, max_messages))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _receive(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
+        """Run :meth:`_drain` until :meth:`aclose`. The drain retries a layer that is
+        away by itself; anything else that ends it (a bug, a client library in a state
+        it did not expect) is logged and the drain starts again on fresh connections,
+        for a face that stops receiving loses every reply and group message after it."""
+        backoff = _Backoff()
+        while not self.closing:
+            started = time.monotonic()
+            try:
+                await self._drain(names, deliver, max_messages)
+            except Exception:
+                if self._closed():
+                    return
+                log.exception("receiving from the channel layer failed; starting again")
+                if time.monotonic() - started > 10.0:
+                    backoff.delay = 0.0  # a fault long after the last one: retry at once
+                await backoff.pause()
 
     def _local_sink(self, channel: str, message: Message) -> None:
         deliver = self._deliver
@@ -247,6 +265,10 @@ class _Backoff:
     async def failed(self, exc: BaseException) -> None:
         if not self.delay:
             log.warning("channel layer unavailable, retrying: %s", exc)
+        await self.pause()
+
+    async def pause(self) -> None:
+        """Sleep the next pause of the series (0.05 s, doubling, at most 2 s)."""
         self.delay = min(2.0, self.delay * 2 or 0.05)
         await asyncio.sleep(self.delay)
 
