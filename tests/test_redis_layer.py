@@ -7,8 +7,11 @@ real redis-server processes from conftest (never the machine's own Redis).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import os
+import socket
+import struct
 import threading
 import time
 import warnings
@@ -626,3 +629,107 @@ def test_client_kill_under_load_fails_nothing_and_delivers_nothing_twice(
 
 def make_plain_layer(url: str) -> RedisChannelLayer:
     return RedisChannelLayer.from_url(url)
+
+
+class ResettingProxy:
+    """A TCP proxy to a Redis server whose :meth:`reset` cuts every connection with a
+    TCP reset (SO_LINGER 0), as a server killed with data unread does."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.clients: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.clients.append(client)
+            back = threading.Thread(target=self._pump, args=(upstream, client), daemon=True)
+            back.start()
+            threading.Thread(target=self._forth, args=(client, upstream, back), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def _forth(
+        self, client: socket.socket, upstream: socket.socket, back: threading.Thread
+    ) -> None:
+        # This thread alone closes the pair (a socket closed under a thread blocked
+        # in recv on it would not wake that thread, and its number could be reused).
+        self._pump(client, upstream)
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_RDWR)
+        back.join()
+        upstream.close()
+        with contextlib.suppress(ValueError):
+            self.clients.remove(client)
+        client.close()  # a reset when reset() set SO_LINGER 0
+
+    def reset(self) -> None:
+        for client in list(self.clients):
+            with contextlib.suppress(OSError):
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.shutdown(socket.SHUT_RD)  # wakes its thread; sends nothing
+
+    def close(self) -> None:
+        self.reset()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_reset_while_nobody_reads_is_an_outage_the_receive_rides_out(
+    redis_url: str, loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The interface runs on uvloop, which closes a connection's transport on a reset
+    # that comes while no read is pending: the next write must see a lost connection
+    # (and reconnect), not a closed handler (which once ended the receive task).
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = ResettingProxy(port)
+    layer = RedisChannelLayer.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+    sender = RedisChannelLayer.from_url(redis_url)
+    got: list[int] = []
+
+    async def main() -> None:
+        face = layer.async_face()
+
+        async def reset_meanwhile() -> None:
+            proxy.reset()  # while the receive task waits on this, reading nothing
+            await asyncio.sleep(0.3)
+
+        def deliver(entries: list[Any]) -> Any:
+            got.extend(m["n"] for _c, m in entries)
+            return reset_meanwhile() if got == [1] else None
+
+        face.listen(["rst!"], deliver)
+        await asyncio.sleep(0.2)
+        sender.send("rst!a", {"n": 1})
+        deadline = time.monotonic() + 5
+        while got != [1] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        sender.send("rst!a", {"n": 2})
+        while got != [1, 2] and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.01)
+        await face.aclose()
+
+    run = pytest.importorskip("uvloop").run if loop == "uvloop" else asyncio.run
+    try:
+        with caplog.at_level("WARNING"):
+            run(main())
+    finally:
+        layer.close()
+        sender.close()
+        proxy.close()
+    assert got == [1, 2], caplog.text
+    assert "starting again" not in caplog.text  # an outage retried, not a crash

@@ -41,6 +41,21 @@ def _async_kwargs(kwargs: Mapping[str, Any]) -> tuple[type[Any], dict[str, Any]]
     return connection_class, kwargs
 
 
+def _gone(conn: Any) -> bool:
+    """Did the server close or reset *conn* while nobody was reading it? A close
+    leaves the reader at EOF; a reset (a server killed with data unread) leaves the
+    error on the reader and, under uvloop, a closed transport, on which a write
+    raises RuntimeError rather than the read after it failing. Either way the
+    connection is replaced before a command is written to it."""
+    reader = getattr(conn, "_reader", None)
+    if reader is None:
+        return False
+    if reader.at_eof() or reader.exception() is not None:
+        return True
+    writer = getattr(conn, "_writer", None)
+    return writer is not None and writer.transport.is_closing()
+
+
 class _AsyncConnection:
     """One redis.asyncio connection to a server, used by one task at a time (callers
     hold :attr:`lock`); reconnects by itself on the next call after a failure. Behind
@@ -80,8 +95,7 @@ class _AsyncConnection:
         """Write *batch* at once and read every reply (error replies as their
         exceptions, or raised when *single*), with the caller holding :attr:`lock`."""
         conn = self.conn
-        reader = getattr(conn, "_reader", None)
-        if reader is not None and reader.at_eof():
+        if _gone(conn):
             await conn.disconnect(nowait=True)
         for attempt in (0, 1):
             written = False
@@ -118,7 +132,10 @@ class _AsyncConnection:
         if writer is None:
             await conn.send_packed_command(packed, check_health=False)  # connects
             return
-        writer.write(packed)
+        try:
+            writer.write(packed)
+        except RuntimeError as exc:  # uvloop: a transport closed since (see _gone)
+            raise redis.ConnectionError(f"the connection was closed: {exc}") from exc
         if writer.transport.get_write_buffer_size() > _WRITE_HIGH:
             await asyncio.wait_for(writer.drain(), conn.socket_timeout)
 
