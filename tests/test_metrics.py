@@ -97,7 +97,12 @@ def test_run_metrics_move_with_http_and_websocket_traffic(tmp_path: Path) -> Non
             assert requests.get(f"http://127.0.0.1:{port}/{i}", timeout=10).status_code == 200
         after = eventually(
             metrics_port,
-            lambda s: value(s, REQUESTS, status="200") >= value(before, REQUESTS, status="200") + 5,
+            lambda s: (
+                value(s, REQUESTS, status="200") >= value(before, REQUESTS, status="200") + 5
+                and value(s, SENT, role="worker", kind="reply")
+                >= value(before, SENT, role="worker", kind="reply") + 5
+                and value(s, "wsgi_channels_worker_threads_busy") == 0
+            ),  # idle once replied
         )
 
         def moved(name: str, **labels: str) -> float:
@@ -287,8 +292,13 @@ def test_gunicorn_master_serves_the_sum_of_its_workers(redis_url: str, tmp_path:
         assert value(samples, "wsgi_channels_worker_threads") == 4  # 2 workers x 2 threads
         for _ in range(6):
             assert request(server.layer, "GET", "/pid", reply_timeout=10, timeout=10).status == 200
+        # A thread counts itself idle just after its last reply has gone.
         samples = eventually(
-            metrics_port, lambda s: value(s, SENT, role="worker", kind="reply") >= 6
+            metrics_port,
+            lambda s: (
+                value(s, SENT, role="worker", kind="reply") >= 12
+                and value(s, "wsgi_channels_worker_threads_busy") == 0
+            ),
         )
         assert value(samples, RECEIVED, role="worker", kind="http.request") == 6
         # /pid has no Content-Length: two reply messages each (the body, then its end).
