@@ -352,6 +352,7 @@ class Worker:
         )
         self._receive_batch: ReceiveBatch | None = getattr(layer, "receive_batch", None)
         self._send_then_receive: SendThenReceive | None = getattr(layer, "send_then_receive", None)
+        self._hands_over: Callable[[str], bool] | None = getattr(layer, "hands_over", None)
         self._local = threading.local()  # each pool thread's rotation of channel orders
         # The take duty (see _thread_loop): _taking while a thread holds it; _grace_of
         # the thread whose grace (until _grace_until) is running, None when none is.
@@ -748,8 +749,16 @@ class Worker:
         """
         combined = self._send_then_receive
         rotations = getattr(self._local, "rotations", None)
-        # Messages already taken and waiting in the hand-off: no more until they run.
-        if combined is None or rotations is None or not self._try_claim():
+        # A reply handed over in this process (``run``) has no round trip to share:
+        # a receive after it would only hold this thread and compete for the GIL
+        # with the loop writing the response. Messages already taken and waiting in
+        # the hand-off: no more until they run.
+        if (
+            combined is None
+            or rotations is None
+            or (self._hands_over is not None and self._hands_over(channel))
+            or not self._try_claim()
+        ):
             self._send(channel, message, deadline, request)
             return
         try:
