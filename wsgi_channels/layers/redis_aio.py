@@ -46,7 +46,8 @@ def _gone(conn: Any) -> bool:
     leaves the reader at EOF; a reset (a server killed with data unread) leaves the
     error on the reader and, under uvloop, a closed transport, on which a write
     raises RuntimeError rather than the read after it failing. Either way the
-    connection is replaced before a command is written to it."""
+    connection is replaced before a command is written to it (nothing awaits between
+    this check and the write, so the transport cannot close in between)."""
     reader = getattr(conn, "_reader", None)
     if reader is None:
         return False
@@ -132,10 +133,7 @@ class _AsyncConnection:
         if writer is None:
             await conn.send_packed_command(packed, check_health=False)  # connects
             return
-        try:
-            writer.write(packed)
-        except RuntimeError as exc:  # uvloop: a transport closed since (see _gone)
-            raise redis.ConnectionError(f"the connection was closed: {exc}") from exc
+        writer.write(packed)  # never on a closed transport: pipeline() checked _gone()
         if writer.transport.get_write_buffer_size() > _WRITE_HIGH:
             await asyncio.wait_for(writer.drain(), conn.socket_timeout)
 
