@@ -338,23 +338,32 @@ class Procs:
     # -- the pieces every scenario starts ---------------------------------------------
 
     def redis(self) -> str:
-        """Start a redis-server of our own on a free port; return its layer URL."""
+        """Start a redis-server of our own on a free port (or, with ``--redis-transport
+        unix``, on a Unix socket only); return its layer URL."""
         if REDIS_SERVER is None:
             raise Skip("no redis-server binary on PATH")
         port = free_port()
         rdir = self.logdir / f"redis-{port}"
         rdir.mkdir()
+        sock = rdir / "redis.sock"
+        where = ["--port", str(port), "--bind", HOST]
+        if REDIS_TRANSPORT == "unix":
+            where = ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
         proc = self.start(
             f"redis-{port}",
             [
                 REDIS_SERVER,
-                "--port", str(port),
-                "--bind", HOST,
+                *where,
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(rdir),
             ],
         )  # fmt: skip
+        if REDIS_TRANSPORT == "unix":
+            if not sleep_until(sock.exists, 15):
+                proc.check_alive()
+                raise RuntimeError(f"redis-server made no socket at {sock}")
+            return f"unix://{sock}"
         wait_for_port(port, proc=proc)
         return f"redis://{HOST}:{port}/0"
 
@@ -648,6 +657,27 @@ def add_rounds_options(p: argparse.ArgumentParser, *, rounds: int, duration: flo
         "--rounds", type=int, default=rounds, help="interleaved rounds (medians are reported)"
     )
     p.add_argument("--duration", type=float, default=duration, help="seconds per measurement")
+    p.add_argument(
+        "--redis-transport", choices=("tcp", "unix"), default="tcp", action=_TransportAction,
+        help="how every process of the run reaches its redis-server: TCP on 127.0.0.1 "
+        "(default) or the server's Unix socket (what one machine would use)",
+    )  # fmt: skip
+
+
+#: How Procs.redis() servers are reached: "tcp" or "unix" (``--redis-transport``).
+REDIS_TRANSPORT = "tcp"
+
+
+def redis_label() -> str:
+    """How the run's Redis is named in its table rows."""
+    return "Redis over its Unix socket" if REDIS_TRANSPORT == "unix" else "Redis"
+
+
+class _TransportAction(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        global REDIS_TRANSPORT
+        REDIS_TRANSPORT = values
+        setattr(namespace, self.dest, values)
 
 
 def interleaved(

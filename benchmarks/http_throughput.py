@@ -185,27 +185,28 @@ def start_reference(
 def targets(args: Any, app: str = APP) -> dict[str, Start]:
     """Every server of the comparison, by label, in the order they are measured."""
     w, t = args.gunicorn_workers, args.gthread_threads
+    redis = h.redis_label()
     found: dict[str, Start] = {
         f"{SYNC} -w {w}": lambda procs: start_gunicorn(procs, w, app=app),
         f"{GTHREAD} -w {w} --threads {t}": lambda procs: start_gunicorn(
             procs, w, "gthread", t, app=app
         ),
-        f"{NAIVE}: uvicorn + {args.naive_workers} workers, Redis": lambda procs: start_naive(
+        f"{NAIVE}: uvicorn + {args.naive_workers} workers, {redis}": lambda procs: start_naive(
             procs, args.naive_workers, app=app
         ),
     }
     batched = getattr(args, "batched_workers", 0)
     if batched:
-        found[f"{BATCHED}: uvicorn + {batched} workers, Redis"] = lambda procs: start_reference(
+        found[f"{BATCHED}: uvicorn + {batched} workers, {redis}"] = lambda procs: start_reference(
             procs, "batched_bridge", batched, app
         )
     if getattr(args, "metrics", False):
         found = {}
     for text in args.splits.split(","):
         split = parse_split(text)
-        found[f"{split_label(split)}, Redis"] = lambda procs, s=split: start_bridge(procs, s, app)
+        found[f"{split_label(split)}, {redis}"] = lambda procs, s=split: start_bridge(procs, s, app)
         if getattr(args, "metrics", False):
-            found[f"{split_label(split)}, Redis{METRICS_ON}"] = BridgeWithMetrics(split, app)
+            found[f"{split_label(split)}, {redis}{METRICS_ON}"] = BridgeWithMetrics(split, app)
     return found
 
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> h.Report:
     split = parse_split(args.split)
     h.require_components("cli", "interface", "worker", "layers/redis")
     i, w, t = split
-    mine = f"wsgi-channels {i} interface + {w} worker x{t} threads, Redis"
+    mine = f"wsgi-channels {i} interface + {w} worker x{t} threads, {h.redis_label()}"
     starts = {CHANNELS: start_channels, mine: lambda procs: start_ours(procs, split)}
     report = h.Report("ws_echo", params={**vars(args), "json": str(args.json)})
     results = h.interleaved(

@@ -80,6 +80,17 @@ def test_http(name: str, tmp_path: Path) -> None:
     assert len(data["bars"]) >= 2
 
 
+def test_http_over_a_unix_socket(tmp_path: Path) -> None:
+    # Every bridge of the run reaches its redis-server over the server's Unix socket,
+    # and the rows say so.
+    data = run_quick("http_latency", tmp_path, "--redis-transport", "unix")
+    bridges = [row for row in data["rows"] if "bridge" in row["config"] or "wsgi" in row["config"]]
+    assert len(bridges) >= 2, data["rows"]
+    for row in bridges:
+        assert row["config"].endswith("Redis over its Unix socket"), row
+        assert "error" not in row and row["rps"] > 0 and row["errors"] == 0, row
+
+
 def test_ab_of_a_tree_against_itself(tmp_path: Path) -> None:
     (row,) = run_quick("ab", tmp_path, str(ROOT))["rows"]
     assert row["case"] == "c1" and row["A_rps"] > 0 and row["B_rps"] > 0, row
