@@ -195,6 +195,25 @@ def test_pop_without_returning_behaves_the_same(layer: SQLiteChannelLayer, retur
     ]
 
 
+def test_looking_at_an_empty_channel_does_not_wait_for_a_writer(
+    layer: SQLiteChannelLayer,
+) -> None:
+    """A receive that finds nothing (a poll, or a blocked receiver woken by a send to
+    another channel of the file) only reads, so a long write transaction of another
+    process does not hold it up; a message is still taken as soon as the write ends."""
+    layer.send("other", {"n": 0})
+    writer = sqlite3.connect(layer.path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # the write lock, for as long as we like
+        started = time.monotonic()
+        assert layer.receive(["empty"], block=False) == (None, None)
+        assert time.monotonic() - started < 0.5  # busy_timeout is 5 s
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    assert layer.receive(["empty", "other"], block=False) == ("other", {"n": 0})
+
+
 # -- many processes -----------------------------------------------------------------
 
 

@@ -485,7 +485,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     @_layer_errors
     def _pop(self, names: list[str], block: bool, deadline: float) -> Record | None:
-        record = self._pop_now(names)
+        record = self._pop_now(names, peek=not block)
         if record is not None or not block:
             return record
         waiter = self._waiter()
@@ -493,7 +493,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
             # Drain, then look: a send committed after the look wakes the socket.
             if waiter is not None:
                 waiter.drain()
-            record = self._pop_now(names)
+            record = self._pop_now(names, peek=True)
             if record is not None:
                 return record
             remaining = deadline - time.monotonic()
@@ -508,11 +508,16 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 time.sleep(timeout)
         return None
 
-    def _pop_now(self, names: list[str]) -> Record | None:
+    def _pop_now(self, names: list[str], *, peek: bool = False) -> Record | None:
         """Delete and return the oldest unexpired message of *names*; expired ones
-        met on the way are deleted too."""
+        met on the way are deleted too. With *peek*, look first with a read, which in
+        WAL mode takes no lock: a reader woken by a commit to another queue (every
+        blocked reader of the file is woken by each) then finds nothing without taking
+        the write lock that the takes and the sends on this file wait for."""
         conn = self._conn()
         sql = self._sql.pop(len(names), returning=self._use_returning)
+        if peek and conn.execute(self._sql.peek(len(names)), names).fetchone() is None:
+            return None
         while True:
             now = time.time()
             if self._use_returning:
@@ -702,7 +707,7 @@ class _Statements:
             f"SELECT grp, count(*) FROM {g} WHERE expires > ? GROUP BY grp ORDER BY grp"
         )
         self._m = m
-        self._pops: dict[tuple[int, bool], str] = {}
+        self._pops: dict[tuple[int, bool | None], str] = {}
 
     def pop(self, count: int, *, returning: bool) -> str:
         """The statement that takes the oldest message of *count* queues. With several
@@ -725,6 +730,18 @@ class _Statements:
             sql = f"SELECT id, channel, data, grp, expires FROM {m} WHERE id = ({oldest})"
         if len(self._pops) < 64:
             self._pops[key] = sql
+        return sql
+
+    def peek(self, count: int) -> str:
+        """A statement that returns a row when one of *count* queues holds a message
+        (expired or not), without writing."""
+        key = (count, None)
+        sql = self._pops.get(key)
+        if sql is None:
+            head = f"SELECT 1 FROM {self._m} WHERE queue = ?"
+            sql = " UNION ALL ".join(head for _ in range(count)) + " LIMIT 1"
+            if len(self._pops) < 64:
+                self._pops[key] = sql
         return sql
 
 
