@@ -94,8 +94,8 @@ class Inbox:
         self._room: asyncio.Future[None] | None = None
         self.max_items = max_items
         self.max_bytes = max_bytes
-        # An HTTP response's inbox: over its bound it holds what comes (up to twice
-        # the bound) and the receive task pauses a moment for it (see ReplyRouter).
+        # An HTTP response's inbox: over its bound it holds what comes and the
+        # receive task pauses a moment for it (see ReplyRouter).
         self.stalls = stalls
         self.cut = False  # overflowed: nothing more is kept
 
@@ -127,8 +127,12 @@ class Inbox:
         if self.cut:
             return
         size = payload_size(message)
-        limit = 2 * self.max_bytes if self.stalls else self.max_bytes
-        if self._items and (len(self._items) >= self.max_items or self._bytes + size > limit):
+        # An HTTP response's inbox is never cut here: one batch of the receive task may
+        # carry more than its bound of a fast worker's chunks, which ReplyRouter._stall
+        # then waits for the client to take (the process queue's capacity bounds what
+        # can come meanwhile).
+        over = self._bytes + size > self.max_bytes or len(self._items) >= self.max_items
+        if self._items and over and not self.stalls:
             self.overflow()
         else:
             self._items.append((message, size))

@@ -210,6 +210,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def _init_process_state(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
+        # Held around every write of this process's threads, the loop's included: they
+        # queue here for each other (a futex hand-off, microseconds) instead of in
+        # SQLite's busy handler, which sleeps 1 ms, then 2, 5, ... between looks. The
+        # busy handler still arbitrates between processes.
+        self._writing = threading.RLock()  # a write may run inside _transaction
         # Every connection and socket this process opened, with the thread that owns
         # it, so that close() reaches those of every thread and dead threads' are freed.
         self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
@@ -316,13 +321,14 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """Hold the write lock from the first statement: reads in the block see the
         state that the writes in it change."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writing:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     # -- wake-ups ------------------------------------------------------------------
 
@@ -473,10 +479,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
         queue = non_local_name(channel)
         now = time.time()
         # One statement, so one transaction that checks capacity and appends atomically.
-        cursor = conn.execute(
-            self._sql.push,
-            (queue, channel, expires, data, queue, now, self.get_capacity(queue)),
-        )
+        with self._writing:
+            cursor = conn.execute(
+                self._sql.push,
+                (queue, channel, expires, data, queue, now, self.get_capacity(queue)),
+            )
         if cursor.rowcount != 1:
             return False
         self._wake()
@@ -521,7 +528,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
         while True:
             now = time.time()
             if self._use_returning:
-                rows = conn.execute(sql, names).fetchall()
+                with self._writing:
+                    rows = conn.execute(sql, names).fetchall()
                 if not rows:
                     return None
                 channel, data, group, expires = rows[0]
@@ -562,17 +570,21 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     @_layer_errors
     def _group_add(self, group: str, channel: str, expires: float) -> None:
-        self._conn().execute(
-            self._sql.group_add, (group, channel, non_local_name(channel), expires)
-        )
+        self._write(self._sql.group_add, (group, channel, non_local_name(channel), expires))
 
     @_layer_errors
     def _group_discard(self, group: str, channel: str) -> None:
-        self._conn().execute(self._sql.group_discard, (group, channel))
+        self._write(self._sql.group_discard, (group, channel))
 
     @_layer_errors
     def _discard_channel(self, channel: str) -> None:
-        self._conn().execute(self._sql.discard_channel, (channel,))
+        self._write(self._sql.discard_channel, (channel,))
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        """One statement that writes, in a transaction of its own."""
+        conn = self._conn()
+        with self._writing:
+            conn.execute(sql, args)
 
     @_layer_errors
     def _group_channels(self, group: str) -> list[str]:
