@@ -132,7 +132,7 @@ class Inbox:
         # then waits for the client to take (the process queue's capacity bounds what
         # can come meanwhile).
         over = self._bytes + size > self.max_bytes or len(self._items) >= self.max_items
-        if self._items and over and not self.stalls:
+        if not self.stalls and self._items and over:
             self.overflow()
         else:
             self._items.append((message, size))

@@ -479,12 +479,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
         queue = non_local_name(channel)
         now = time.time()
         # One statement, so one transaction that checks capacity and appends atomically.
-        with self._writing:
-            cursor = conn.execute(
-                self._sql.push,
-                (queue, channel, expires, data, queue, now, self.get_capacity(queue)),
-            )
-        if cursor.rowcount != 1:
+        args = (queue, channel, expires, data, queue, now, self.get_capacity(queue))
+        if self._write(self._sql.push, args).rowcount != 1:
             return False
         self._wake()
         self._count_write(conn, now)
@@ -580,11 +576,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def _discard_channel(self, channel: str) -> None:
         self._write(self._sql.discard_channel, (channel,))
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+    def _write(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
         """One statement that writes, in a transaction of its own."""
         conn = self._conn()
         with self._writing:
-            conn.execute(sql, args)
+            return conn.execute(sql, args)
 
     @_layer_errors
     def _group_channels(self, group: str) -> list[str]:
@@ -725,8 +721,7 @@ class _Statements:
         """The statement that takes the oldest message of *count* queues. With several
         queues, the head of each is found by its own index seek and the smallest id
         wins (an ``IN`` list would sort every row of those queues)."""
-        key = (count, returning)
-        sql = self._pops.get(key)
+        sql = self._pops.get((count, returning))
         if sql is not None:
             return sql
         m = self._m
@@ -740,20 +735,21 @@ class _Statements:
             sql = f"DELETE FROM {m} WHERE id = ({oldest}) RETURNING channel, data, grp, expires"
         else:
             sql = f"SELECT id, channel, data, grp, expires FROM {m} WHERE id = ({oldest})"
-        if len(self._pops) < 64:
-            self._pops[key] = sql
-        return sql
+        return self._keep((count, returning), sql)
 
     def peek(self, count: int) -> str:
         """A statement that returns a row when one of *count* queues holds a message
         (expired or not), without writing."""
-        key = (count, None)
-        sql = self._pops.get(key)
-        if sql is None:
-            head = f"SELECT 1 FROM {self._m} WHERE queue = ?"
-            sql = " UNION ALL ".join(head for _ in range(count)) + " LIMIT 1"
-            if len(self._pops) < 64:
-                self._pops[key] = sql
+        sql = self._pops.get((count, None))
+        if sql is not None:
+            return sql
+        head = f"SELECT 1 FROM {self._m} WHERE queue = ?"
+        return self._keep((count, None), " UNION ALL ".join([head] * count) + " LIMIT 1")
+
+    def _keep(self, key: tuple[int, bool | None], sql: str) -> str:
+        """Cache *sql* under *key* (*returning*, or None for a peek), up to 64 of them."""
+        if len(self._pops) < 64:
+            self._pops[key] = sql
         return sql
 
 
