@@ -459,6 +459,62 @@ def test_wake_up_between_threads(layer: SQLiteChannelLayer) -> None:
     assert elapsed < 0.2  # well before the 0.25 s fallback poll after 0.1 s
 
 
+def test_a_commit_wakes_only_the_readers_of_its_queues(
+    layer: SQLiteChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Count the looks at the table of a thread blocked on "mine" while other queues
+    # (a plain one, a process one, a group of other readers) get a hundred commits.
+    layer.receive_timeout = 3
+    layer.wake_fallback = 5.0  # no polling look within the test: only wake-ups count
+    looks: list[list[str]] = []
+    pop_now = layer._pop_now
+
+    def counting(names: list[str], *, peek: bool = False) -> Any:
+        if threading.current_thread().name == "reader":
+            looks.append(names)
+        return pop_now(names, peek=peek)
+
+    monkeypatch.setattr(layer, "_pop_now", counting)
+    layer.group_add("others", "other.reader")
+    got: list[Any] = []
+    reader = threading.Thread(
+        target=lambda: got.append(layer.receive(["mine"], block=True)), name="reader"
+    )
+    reader.start()
+    deadline = time.monotonic() + 2
+    while not looks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    before = len(looks)
+    for n in range(100):
+        layer.send("theirs", {"n": n})
+        layer.send("proc.x!y", {"n": n})
+        layer.send_group("others", {"n": n})
+    time.sleep(0.2)
+    needless = len(looks) - before
+    started = time.monotonic()
+    layer.send("mine", {"n": "yes"})
+    reader.join(2)
+    assert got == [("mine", {"n": "yes"})]
+    assert time.monotonic() - started < 0.5  # woken, not polled (fallback 5 s)
+    assert needless <= 5  # a filter's false positive costs a look; 300 commits did not
+
+
+def test_a_thread_that_waits_on_a_new_queue_is_woken_for_it(layer: SQLiteChannelLayer) -> None:
+    # Its socket was named for "first"; waiting on "second" too must rename it.
+    layer.receive_timeout = 0.05
+    layer.wake_fallback = 5.0
+    assert layer.receive(["first"], block=True) == (None, None)
+    layer.receive_timeout = 3
+    timer = threading.Timer(0.1, layer.send, args=("second", {"n": 2}))
+    timer.start()
+    start = time.monotonic()
+    assert layer.receive(["first", "second"], block=True) == ("second", {"n": 2})
+    timer.join()
+    assert time.monotonic() - start < 1.0  # a wake-up, not the 5 s fallback
+    assert len(os.listdir(layer._wake_dir or "")) == 1  # the old socket is gone
+
+
 # -- fork ---------------------------------------------------------------------------
 
 

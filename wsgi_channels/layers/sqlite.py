@@ -42,7 +42,8 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from .aio import PollingFace
@@ -89,12 +90,48 @@ def _layer_errors(method: Callable[_P, _T]) -> Callable[_P, _T]:
     return wrapper
 
 
-class _Waiter:
-    """One thread's wake-up socket: a bound, non-blocking Unix datagram socket."""
+@functools.lru_cache(maxsize=4096)
+def _queue_bits(queue: str) -> int:
+    """Two bits of a 64-bit filter for *queue*, from a hash that every process and
+    Python version computes alike (``hash()`` is randomised per process)."""
+    h = zlib.crc32(queue.encode())
+    return (1 << (h & 63)) | (1 << ((h >> 6) & 63))
 
-    def __init__(self, directory: str) -> None:
+
+def _queues_mask(queues: Iterable[str]) -> int:
+    mask = 0
+    for queue in queues:
+        mask |= _queue_bits(queue)
+    return mask
+
+
+def _socket_mask(name: str) -> int | None:
+    """The filter of the queues a wake-up socket's reader waits on, from its file name
+    ``PID-TOKEN-FILTER``; None (wake it for every commit) for ``PID-TOKEN``, the name
+    an asyncio face's socket and earlier versions use."""
+    parts = name.split("-")
+    if len(parts) != 3 or len(parts[2]) != 16:
+        return None
+    try:
+        return int(parts[2], 16)
+    except ValueError:
+        return None
+
+
+class _Waiter:
+    """One thread's wake-up socket: a bound, non-blocking Unix datagram socket.
+
+    With *mask* (the filter of the queues this thread receives from) the socket's
+    name carries it, and a commit wakes it only when it wrote to one of those
+    queues; a false positive of the filter costs one needless look, never a miss."""
+
+    def __init__(self, directory: str, mask: int | None = None) -> None:
         self.thread = weakref.ref(threading.current_thread())
-        self.path = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(6)}")
+        self.mask = mask
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        if mask is not None:
+            name += f"-{mask:016x}"
+        self.path = os.path.join(directory, name)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self.sock.setblocking(False)
@@ -220,8 +257,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._waiters: list[_Waiter] = []
         self._sender: socket.socket | None = None
-        # (directory mtime_ns, wall-clock ns when listed, socket paths)
-        self._listing: tuple[int, int, tuple[str, ...]] = (-1, 0, ())
+        # (directory mtime_ns, wall-clock ns when listed, (socket path, its filter))
+        self._listing: tuple[int, int, tuple[tuple[str, int | None], ...]] = (-1, 0, ())
 
     def _after_fork(self) -> None:
         _INHERITED.extend(conn for _thread, conn in self._connections)
@@ -332,8 +369,19 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     # -- wake-ups ------------------------------------------------------------------
 
-    def _waiter(self) -> _Waiter | None:
+    def _waiter(self, names: list[str]) -> _Waiter | None:
+        """This thread's wake-up socket, named for the queues *names*: a thread that
+        later waits on a queue its socket's name does not cover gets a new socket
+        for the union (its old one is closed)."""
         waiter: _Waiter | None = getattr(self._local, "waiter", None)
+        wanted = _queues_mask(names)
+        if waiter is not None and waiter.mask is not None and wanted & ~waiter.mask:
+            wanted |= waiter.mask
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            waiter.close(unlink=True)
+            waiter = self._local.waiter = None
         if waiter is not None or self._wake_dir is None:
             return waiter
         try:
@@ -343,7 +391,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 # In the shared temporary directory: ours alone, and checked to be.
                 os.makedirs(self._wake_dir, mode=0o700, exist_ok=True)
                 _check_private_dir(self._wake_dir)
-            waiter = _Waiter(self._wake_dir)
+            waiter = _Waiter(self._wake_dir, wanted)
         except OSError:
             # Without a socket the reader still works, polling every wake_fallback.
             self._wake_dir = None
@@ -357,8 +405,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._local.waiter = waiter
         return waiter
 
-    def _wake(self) -> None:
-        """Tell every blocked reader on this file that something was committed."""
+    def _wake(self, queues: Iterable[str]) -> None:
+        """Tell the blocked readers on this file that something was committed to
+        *queues*: those whose socket's filter may hold one of them, and every socket
+        without a filter."""
         directory = self._wake_dir
         if directory is None:
             return
@@ -372,7 +422,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
         if mtime != listed_mtime or listed_at - mtime < 1_000_000_000:
             now = time.time_ns()
             try:
-                paths = tuple(os.path.join(directory, name) for name in os.listdir(directory))
+                paths = tuple(
+                    (os.path.join(directory, name), _socket_mask(name))
+                    for name in os.listdir(directory)
+                )
             except OSError:
                 return
             self._listing = (mtime, now, paths)
@@ -385,9 +438,12 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 sender = self._sender
         own: _Waiter | None = getattr(self._local, "waiter", None)
         own_path = own.path if own is not None else None
-        for path in paths:
+        bits = [_queue_bits(queue) for queue in set(queues)]
+        for path, mask in paths:
             if path == own_path:
                 continue  # this thread is sending, so it is not blocked
+            if mask is not None and not any(mask & b == b for b in bits):
+                continue  # it waits on none of these queues
             try:
                 sender.sendto(b"\0", path)
             except BlockingIOError:
@@ -459,7 +515,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 )
                 results.append(cursor.rowcount == 1)
         if any(results):
-            self._wake()
+            self._wake(non_local_name(channel) for channel, _data, _expires in items)
             self._count_write(conn, now)
         return results
 
@@ -482,7 +538,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         args = (queue, channel, expires, data, queue, now, self.get_capacity(queue))
         if self._write(self._sql.push, args).rowcount != 1:
             return False
-        self._wake()
+        self._wake((queue,))
         self._count_write(conn, now)
         return True
 
@@ -491,7 +547,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         record = self._pop_now(names, peek=not block)
         if record is not None or not block:
             return record
-        waiter = self._waiter()
+        waiter = self._waiter(names)
         while not self._closed:
             # Drain, then look: a send committed after the look wakes the socket.
             if waiter is not None:
@@ -543,7 +599,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def _push_group(self, group: str, data: bytes, expires: float) -> int:
         conn = self._conn()
         now = time.time()
-        skipped = written = 0
+        skipped = 0
+        written: list[str] = []
         with self._transaction(conn):
             for queue, pending in conn.execute(self._sql.group_queues, (group, now)).fetchall():
                 if pending >= self.get_capacity(queue):
@@ -553,9 +610,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 # members on receipt; any other member gets the message as its own.
                 member_group = group if queue.endswith("!") else None
                 conn.execute(self._sql.insert, (queue, queue, expires, data, member_group))
-                written += 1
+                written.append(queue)
         if written:
-            self._wake()
+            self._wake(written)
             self._count_write(conn, now)
         return skipped
 
@@ -759,12 +816,13 @@ def _wake_directory(path: str) -> str | None:
     if not hasattr(socket, "AF_UNIX"):
         return None
     beside = path + "-wake"
-    # Socket names are "<pid>-<12 hex digits>": at most 20 bytes with the separator.
-    if len(os.fsencode(beside)) + 20 <= _MAX_SOCKET_PATH:
+    # Socket names are "<pid>-<12 hex digits>-<16 hex digits>" (see _Waiter): at most
+    # 37 bytes with the separator.
+    if len(os.fsencode(beside)) + 37 <= _MAX_SOCKET_PATH:
         return beside
     digest = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:24]
     fallback = os.path.join(tempfile.gettempdir(), f"wsgi-channels-{digest}-wake")
-    return fallback if len(os.fsencode(fallback)) + 20 <= _MAX_SOCKET_PATH else None
+    return fallback if len(os.fsencode(fallback)) + 37 <= _MAX_SOCKET_PATH else None
 
 
 def _check_private_dir(directory: str) -> None:
