@@ -63,6 +63,9 @@ DEFAULT_PREFIX = "wsgi_channels"
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$", re.ASCII)
 # sun_path is 108 bytes on Linux (104 on the BSDs), including the final NUL.
 _MAX_SOCKET_PATH = 100
+# Socket names are "<pid>-<12 hex digits>-<16 hex digits>" (see _Waiter): at most 37
+# bytes with the separator before them.
+_SOCKET_NAME_ROOM = 37
 # DELETE ... RETURNING exists from 3.35.0; 3.35.5 fixed the last RETURNING bugs.
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 5)
 
@@ -816,13 +819,11 @@ def _wake_directory(path: str) -> str | None:
     if not hasattr(socket, "AF_UNIX"):
         return None
     beside = path + "-wake"
-    # Socket names are "<pid>-<12 hex digits>-<16 hex digits>" (see _Waiter): at most
-    # 37 bytes with the separator.
-    if len(os.fsencode(beside)) + 37 <= _MAX_SOCKET_PATH:
+    if len(os.fsencode(beside)) + _SOCKET_NAME_ROOM <= _MAX_SOCKET_PATH:
         return beside
     digest = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:24]
     fallback = os.path.join(tempfile.gettempdir(), f"wsgi-channels-{digest}-wake")
-    return fallback if len(os.fsencode(fallback)) + 37 <= _MAX_SOCKET_PATH else None
+    return fallback if len(os.fsencode(fallback)) + _SOCKET_NAME_ROOM <= _MAX_SOCKET_PATH else None
 
 
 def _check_private_dir(directory: str) -> None:
