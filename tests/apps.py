@@ -46,9 +46,16 @@ def _json(start_response: StartResponse, data: Any, status: str = "200 OK") -> l
     return [body]
 
 
+def _drip(pause: float) -> Iterator[bytes]:
+    yield b"first\n"
+    time.sleep(pause)
+    yield b"second\n"
+
+
 def echo(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """HTTP: the request as JSON, a 50 MB download, upload hashing, redirects, cookies,
-    a slow endpoint. WebSocket: echoes every frame; /ws/reject refuses the handshake;
+    a slow endpoint, a streaming one (/drip?SECONDS: a chunk, a pause, a chunk).
+    WebSocket: echoes every frame; /ws/reject refuses the handshake;
     /ws/group?name=G joins group G on connect."""
     event = environ.get("wsgi_channels.websocket")
     if event is not None:
@@ -89,6 +96,9 @@ def echo(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if path == "/cookie/get":
         cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
         return _json(start_response, {k: v.value for k, v in cookie.items()})
+    if path == "/drip":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _drip(float(environ.get("QUERY_STRING") or 0.5))
     if path == "/slow":
         time.sleep(float(environ.get("QUERY_STRING") or 2))
         start_response("200 OK", [("Content-Length", "4")])

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import http.client
 import os
+import socket
+import sys
 import time
 from collections.abc import Iterator
 
@@ -81,6 +83,41 @@ def test_head_has_no_body(stack: Stack) -> None:
     assert response.read() == b""
     assert int(response.headers["content-length"]) > 0
     conn.close()
+
+
+def _data_segments_received(sock: socket.socket) -> int:
+    """tcpi_data_segs_in of Linux's struct tcp_info (include/uapi/linux/tcp.h, since
+    Linux 4.6): the TCP segments with data this socket has received."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    return int.from_bytes(info[152:156], sys.byteorder)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's TCP_INFO")
+def test_a_whole_response_leaves_in_one_segment(stack: Stack) -> None:
+    # A head and a body written apart go out as two segments (TCP_NODELAY) and wake
+    # the client twice; the interface sends them together.
+    with socket.create_connection(("127.0.0.1", stack.interface.port), timeout=5) as sock:
+        for _ in range(3):  # keep-alive: each response of the connection alike
+            before = _data_segments_received(sock)
+            sock.sendall(b"GET /cookie/set HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = b""
+            while not response.endswith(b"\r\n\r\nok"):
+                chunk = sock.recv(65536)
+                assert chunk, response
+                response += chunk
+            assert response.startswith(b"HTTP/1.1 200 ")
+            assert _data_segments_received(sock) - before == 1
+
+
+def test_a_streamed_head_and_chunk_are_not_held_for_the_next(stack: Stack) -> None:
+    started = time.monotonic()
+    with requests.get(stack.url + "/drip?1.5", stream=True, timeout=5) as response:
+        lines = response.iter_lines()
+        assert response.status_code == 200
+        assert next(lines) == b"first"
+        assert time.monotonic() - started < 1.2
+        assert next(lines) == b"second"
+        assert time.monotonic() - started >= 1.4
 
 
 def test_redirects_and_cookies(stack: Stack) -> None:

@@ -85,6 +85,56 @@ class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request head over the limits."""
 
 
+#: Largest body whose bytes are copied to leave with the response head in one send.
+_JOIN_LIMIT = 16 * 1024
+
+
+class _HeadWithBody:
+    """The connection's transport as one response cycle sees it: the response head is
+    held until the body's first write, and the two leave in one send.
+
+    uvicorn writes the head and the body of a response separately, so a response that
+    a worker sends whole (the usual one) went out in two sends, two TCP segments on a
+    TCP_NODELAY socket, and woke the client twice. A head with no body write in the
+    same event-loop turn (a streaming response whose first chunk is not there yet)
+    is written at the end of that turn, so it never waits for a chunk."""
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = b""  # b"": nothing written yet; None: passing through
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is None:
+            self._transport.write(data)
+        elif not head:
+            if data:  # the first write is the head: held until the end of this turn
+                self._head = data
+                self._loop.call_soon(self.flush)
+        else:
+            self._head = None
+            if len(data) <= _JOIN_LIMIT:
+                self._transport.write(head + data)
+            else:
+                self._transport.write(head)
+                self._transport.write(data)
+
+    def flush(self) -> None:
+        head, self._head = self._head, None
+        if head and not self._transport.is_closing():
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools HTTP protocol, with bounds on the request head.
 
@@ -141,6 +191,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         self._running = cycle
+        cycle.transport = _HeadWithBody(self.transport, self.loop)
         super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:

@@ -573,9 +573,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def _pop_now(self, names: list[str], *, peek: bool = False) -> Record | None:
         """Delete and return the oldest unexpired message of *names*; expired ones
         met on the way are deleted too. With *peek*, look first with a read, which in
-        WAL mode takes no lock: a reader woken by a commit to another queue (every
-        blocked reader of the file is woken by each) then finds nothing without taking
-        the write lock that the takes and the sends on this file wait for."""
+        WAL mode takes no lock: a reader woken by a commit to another queue (a
+        socket without a filter is woken by every commit, one with a filter now and
+        then by a false positive) then finds nothing without taking the write lock
+        that the takes and the sends on this file wait for."""
         conn = self._conn()
         sql = self._sql.pop(len(names), returning=self._use_returning)
         if peek and conn.execute(self._sql.peek(len(names)), names).fetchone() is None:
