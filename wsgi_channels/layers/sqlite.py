@@ -505,6 +505,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     @_layer_errors
     def _push_many(self, items: list[tuple[str, bytes, float]]) -> list[bool | ChannelsError]:
+        if len(items) == 1:
+            # One statement is a transaction of its own: no BEGIN and COMMIT around it.
+            return [self._push(*items[0])]
         conn = self._conn()
         now = time.time()
         results: list[bool | ChannelsError] = []
