@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _harness as h
-from benchmarks.http_throughput import APP, start_bridge
+from benchmarks.http_throughput import start_bridge
 from benchmarks.run_sqlite import start_ours as start_run
 
 Start = Callable[[h.Procs], int]
@@ -38,10 +38,7 @@ def _redis(split: tuple[int, int, int]) -> tuple[str, Start]:
 def _sqlite_split(procs: h.Procs) -> int:
     """An interface and 2 workers x 8 threads on one SQLite file; its port."""
     layer = f"sqlite:///{procs.logdir}/layer-{h.free_port()}.sqlite3"
-    interface, port = procs.interface(layer)
-    workers = [procs.worker(APP, layer, threads=8) for _ in range(2)]
-    h.wait_http_ok(port, procs=[interface, *workers])
-    return port
+    return start_bridge(procs, (1, 2, 8), layer=layer)[0]
 
 
 _RUN: tuple[str, Start] = ("run --threads 4, SQLite", lambda procs: start_run(procs, 4)[0])

@@ -78,14 +78,22 @@ def start_gunicorn(
 
 
 def start_bridge(
-    procs: h.Procs, split: tuple[int, int, int], app: str = APP, scrape: list[int] | None = None
+    procs: h.Procs,
+    split: tuple[int, int, int],
+    app: str = APP,
+    scrape: list[int] | None = None,
+    layer: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Start redis, the interface and the workers of *split*; return the port once a
-    request has gone all the way through, and the CPU groups. With *scrape* (a list),
-    every process serves ``--metrics`` and the list is filled with their ports."""
+    """Start redis (unless *layer* names another layer URL), the interface and the
+    workers of *split*; return the port once a request has gone all the way through,
+    and the CPU groups. With *scrape* (a list), every process serves ``--metrics`` and
+    the list is filled with their ports."""
     interfaces, workers, threads = split
-    url = procs.redis()
-    redis_proc = procs.procs[-1]
+    groups: dict[str, Any] = {}
+    url = layer
+    if url is None:
+        url = procs.redis()
+        groups["redis"] = procs.procs[-1]
     extra = _metrics_args(scrape)
     interface, port = procs.interface(url, workers=interfaces, extra=extra)
     if scrape is None:
@@ -93,7 +101,7 @@ def start_bridge(
     else:
         worker_procs = [_metrics_worker(procs, app, url, threads, scrape) for _ in range(workers)]
     h.wait_http_ok(port, procs=[interface, *worker_procs])
-    return port, {"interface": interface, "worker": worker_procs, "redis": redis_proc}
+    return port, {"interface": interface, "worker": worker_procs, **groups}
 
 
 def _metrics_worker(procs: h.Procs, app: str, url: str, threads: int, scrape: list[int]) -> h.Proc:
