@@ -459,6 +459,12 @@ class BaseChannelLayer:
                 return None
         return data
 
+    def hands_over(self, channel: str) -> bool:
+        """Would a send to *channel* from this process skip the backend (a prefix that
+        this process listens on, as ``wsgi-channels run``'s interface does)? Then it
+        has no round trip to share with anything."""
+        return bool(self._local_sinks) and non_local_name(channel) in self._local_sinks
+
     def send_many(self, items: Iterable[tuple[str, Message]]) -> list[ChannelsError | None]:
         """Send several messages, in one round trip per server where the backend can;
         returns, per message in order, None if it was sent or the error that refused
