@@ -104,7 +104,8 @@ DEFAULT_REPLY_TIMEOUT = 60.0
 #: The receive loop runs its tick (gunicorn's heartbeat) at least this often.
 TICK_INTERVAL = 0.5
 #: How long a thread that took the only message of an idle worker keeps the duty to
-#: take the next ones (with a blocking receive of its own, once it has replied) before
+#: take the next ones (with its reply for a WebSocket event, else with a blocking receive
+#: of its own once it has replied) before
 #: an idle thread takes the duty over. At concurrency 1 the next request comes only
 #: after this reply, so an idle thread waiting in the layer meanwhile would only
 #: compete with the app for the GIL; an app slower than this has one waiting as before.
