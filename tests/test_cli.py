@@ -200,6 +200,55 @@ def test_worker_serves_the_layer_of_a_django_setting(tmp_path: Path) -> None:
         assert worker.wait(15) == 0
 
 
+POLICY_APP = """
+import os
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.sched_getscheduler(0)).encode()]
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_BATCH"), reason="no SCHED_BATCH here")
+@pytest.mark.parametrize(
+    ("args", "env", "batch"),
+    [
+        pytest.param((), {}, True, id="default"),
+        pytest.param(("--no-batch-scheduling",), {}, False, id="option"),
+        pytest.param((), {"WSGI_CHANNELS_BATCH_SCHEDULING": "0"}, False, id="environment"),
+    ],
+)
+def test_worker_runs_the_app_under_sched_batch_unless_told_not_to(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], batch: bool
+) -> None:
+    import os
+
+    from _worker_helpers import request
+
+    from wsgi_channels.layers import layer_from_url
+
+    url = f"sqlite:///{tmp_path / 'layer.sqlite3'}"
+    (tmp_path / "policyapp.py").write_text(POLICY_APP)
+    worker = subprocess.Popen(
+        cli_command("worker", "policyapp:app", "--layer", url, *args),
+        cwd=tmp_path,
+        env=child_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with layer_from_url(url) as layer:
+            reply = request(layer, "GET", "/", reply_timeout=20)
+        assert reply.status == 200
+        expected = os.SCHED_BATCH if batch else os.SCHED_OTHER
+        assert int(reply.body) == expected
+        # The process's main thread (signals, shutdown) keeps the default policy.
+        assert os.sched_getscheduler(worker.pid) == os.SCHED_OTHER
+    finally:
+        worker.terminate()
+        assert worker.wait(15) == 0
+
+
 RELOAD_APP = """
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
