@@ -505,3 +505,55 @@ def test_websocket_burst_in_order_across_worker_processes(redis_url: str, tmp_pa
             assert proc.wait(10) == 0
             assert proc.stdout is not None
             proc.stdout.close()
+
+
+# -- scheduling -----------------------------------------------------------------------
+
+
+def _policy_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    import os
+
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.sched_getscheduler(0)).encode()]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_BATCH"), reason="no SCHED_BATCH here")
+@pytest.mark.parametrize(
+    ("environment", "argument", "batch"),
+    [
+        pytest.param(None, None, True, id="default"),
+        pytest.param("off", None, False, id="environment-off"),
+        pytest.param("1", None, True, id="environment-on"),
+        pytest.param("0", True, True, id="argument-wins"),
+        pytest.param(None, False, False, id="argument-off"),
+    ],
+)
+def test_the_app_runs_under_sched_batch_unless_told_not_to(
+    memory: MemoryChannelLayer,
+    monkeypatch: pytest.MonkeyPatch,
+    environment: str | None,
+    argument: bool | None,
+    batch: bool,
+) -> None:
+    import os
+
+    if environment is None:
+        monkeypatch.delenv("WSGI_CHANNELS_BATCH_SCHEDULING", raising=False)
+    else:
+        monkeypatch.setenv("WSGI_CHANNELS_BATCH_SCHEDULING", environment)
+    caller = os.sched_getscheduler(0)
+    with running_worker(_policy_app, memory, batch_scheduling=argument) as worker:
+        assert worker.batch_scheduling is batch
+        reply = request(memory, "GET", "/")
+    assert int(reply.body) == (os.SCHED_BATCH if batch else os.SCHED_OTHER)
+    assert os.sched_getscheduler(0) == caller  # only the worker's own threads
+
+
+def test_a_bad_batch_scheduling_variable_is_a_configuration_error(
+    memory: MemoryChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsgi_channels.layers.base import ConfigurationError
+
+    monkeypatch.setenv("WSGI_CHANNELS_BATCH_SCHEDULING", "sometimes")
+    with pytest.raises(ConfigurationError, match="WSGI_CHANNELS_BATCH_SCHEDULING='sometimes'"):
+        Worker(app, memory)

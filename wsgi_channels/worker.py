@@ -122,6 +122,27 @@ TAKE_GRACE = 0.001
 GRACE_QUIET = 0.1
 
 
+#: The environment variable that turns :func:`_batch_scheduling` off (``0``).
+BATCH_SCHEDULING_ENV = "WSGI_CHANNELS_BATCH_SCHEDULING"
+_FLAG_WORDS = {
+    **dict.fromkeys(("1", "true", "t", "yes", "y", "on"), True),
+    **dict.fromkeys(("0", "false", "f", "no", "n", "off"), False),
+}
+
+
+def _env_flag(name: str, *, default: bool) -> bool:
+    """A yes/no environment variable, spelt as the command line's flags take it."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    try:
+        return _FLAG_WORDS[raw]
+    except KeyError:
+        raise ConfigurationError(
+            f"{name}={raw!r} is neither on (1, true) nor off (0, false)"
+        ) from None
+
+
 def _batch_scheduling() -> bool:
     """Put the calling thread under ``SCHED_BATCH`` (Linux): the CFS treats it as
     CPU-bound, so that when it is woken (its reply's round trip is back, the GIL is
@@ -325,7 +346,8 @@ class Worker:
     messages, for process recycling (gunicorn's ``--max-requests``); ``metrics`` is a
     :mod:`wsgi_channels.metrics` recorder (default: none, nothing recorded);
     ``batch_scheduling=False`` keeps the pool threads under the default scheduling
-    policy (see :func:`_batch_scheduling`).
+    policy (see :func:`_batch_scheduling`; default: ``WSGI_CHANNELS_BATCH_SCHEDULING``
+    from the environment, on unless it says ``0``, ``false``, ``no`` or ``off``).
 
     Nothing a message contains stops the worker: a malformed message is logged and
     answered 400 (WebSocket: closed) on its ``reply_channel`` when that is usable; an
@@ -343,7 +365,7 @@ class Worker:
         channels: Iterable[str] | None = None,
         max_requests: int = 0,
         metrics: Recorder = NULL_METRICS,
-        batch_scheduling: bool = True,
+        batch_scheduling: bool | None = None,
     ) -> None:
         if threads < 1:
             raise ConfigurationError("threads must be at least 1")
@@ -362,6 +384,8 @@ class Worker:
         self.channels = names
         self.max_requests = int(max_requests)
         self.metrics = metrics  # wsgi_channels.metrics; a no-op recorder when off
+        if batch_scheduling is None:
+            batch_scheduling = _env_flag(BATCH_SCHEDULING_ENV, default=True)
         self.batch_scheduling = bool(batch_scheduling)
         #: Messages taken from the layer so far.
         self.requests_taken = 0
