@@ -31,6 +31,7 @@ NEEDS = {
     "sqlite_latency": (),
     "micro": ("redis-server",),
     "ab": ("wrk", "redis-server"),
+    "per_request": ("wrk", "redis-server"),
 }
 
 
@@ -95,6 +96,19 @@ def test_ab_of_a_tree_against_itself(tmp_path: Path) -> None:
     (row,) = run_quick("ab", tmp_path, str(ROOT))["rows"]
     assert row["case"] == "c1" and row["A_rps"] > 0 and row["B_rps"] > 0, row
     assert row["rps_B_over_A"] > 0 and row["p50_ms_B_minus_A"] is not None, row
+
+
+def test_per_request_under_both_policies(tmp_path: Path) -> None:
+    if not Path("/proc/self/io").exists():
+        pytest.skip("needs Linux's /proc/PID/io")
+    rows = run_quick("per_request", tmp_path, "--split", "1:1:2")["rows"]
+    assert {row["config"] for row in rows} == {"workers SCHED_BATCH", "workers default"}
+    assert {row["process"] for row in rows} == {"redis", "interface", "worker 0"}
+    for row in rows:
+        assert row["rps"] > 0 and row["cpu_us"] > 0, row
+        # Every request is one read of the client's socket and one write of the answer.
+        if row["process"] == "interface":
+            assert row["syscr"] >= 1 and row["syscw"] >= 1, row
 
 
 def test_ws_echo(tmp_path: Path) -> None:
