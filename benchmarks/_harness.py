@@ -378,13 +378,15 @@ class Procs:
         wait_for_port(port, proc=proc)
         return proc, port
 
-    def worker(self, app: str, layer: str, *, threads: int, name: str = "worker") -> Proc:
+    def worker(
+        self, app: str, layer: str, *, threads: int, name: str = "worker", **env: str
+    ) -> Proc:
         # No access log, as gunicorn's default (the baselines log no request either).
         argv = [
             *cli(), "worker", app, "--layer", layer, "--threads", str(threads),
             "--no-access-log",
         ]  # fmt: skip
-        return self.start(f"{name}-{len(self.procs)}", argv)
+        return self.start(f"{name}-{len(self.procs)}", argv, **env)
 
     def gunicorn(
         self, app: str, *, workers: int, kind: str = "sync", extra: Sequence[str] = ()

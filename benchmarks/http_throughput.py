@@ -83,11 +83,12 @@ def start_bridge(
     app: str = APP,
     scrape: list[int] | None = None,
     layer: str | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Start redis (unless *layer* names another layer URL), the interface and the
-    workers of *split*; return the port once a request has gone all the way through,
-    and the CPU groups. With *scrape* (a list), every process serves ``--metrics`` and
-    the list is filled with their ports."""
+    workers of *split* (with *worker_env* in their environment); return the port once
+    a request has gone all the way through, and the CPU groups. With *scrape* (a list),
+    every process serves ``--metrics`` and the list is filled with their ports."""
     interfaces, workers, threads = split
     groups: dict[str, Any] = {}
     url = layer
@@ -97,7 +98,8 @@ def start_bridge(
     extra = _metrics_args(scrape)
     interface, port = procs.interface(url, workers=interfaces, extra=extra)
     if scrape is None:
-        worker_procs = [procs.worker(app, url, threads=threads) for _ in range(workers)]
+        env = worker_env or {}
+        worker_procs = [procs.worker(app, url, threads=threads, **env) for _ in range(workers)]
     else:
         worker_procs = [_metrics_worker(procs, app, url, threads, scrape) for _ in range(workers)]
     h.wait_http_ok(port, procs=[interface, *worker_procs])

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _harness as h
-from benchmarks.http_throughput import parse_split
+from benchmarks.http_throughput import parse_split, start_bridge
 
 POLICIES = {"SCHED_BATCH": "1", "default": "0"}
 
 
 def snapshot(pid: int) -> dict[str, float]:
-    """CPU seconds, system calls and context switches of *pid* so far."""
+    """CPU time, system calls and context switches of *pid* so far."""
     proc = Path(f"/proc/{pid}")
     io = dict(line.split(": ") for line in (proc / "io").read_text().splitlines())
     voluntary = involuntary = 0
@@ -45,25 +45,18 @@ def snapshot(pid: int) -> dict[str, float]:
                         involuntary += int(line.split()[1])
         except FileNotFoundError:  # a thread ended meanwhile
             continue
-    stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return {"cpu_us": cpu * 1e6, "syscr": int(io["syscr"]), "syscw": int(io["syscw"]),
-            "voluntary": voluntary, "involuntary": involuntary}  # fmt: skip
+    return {"cpu_us": h.cpu_seconds([pid]) * 1e6, "syscr": int(io["syscr"]),
+            "syscw": int(io["syscw"]), "voluntary": voluntary,
+            "involuntary": involuntary}  # fmt: skip
 
 
 def measure(args: Any, policy: str) -> dict[str, Any]:
-    interfaces, workers, threads = parse_split(args.split)
     wrk_threads = 2 if args.connections > 1 else 1
+    env = {"WSGI_CHANNELS_BATCH_SCHEDULING": POLICIES[policy]}
     with h.Procs() as procs:
-        url = procs.redis()
-        targets = {"redis": procs.procs[-1]}
-        targets["interface"], port = procs.interface(url, workers=interfaces)
-        for i in range(workers):
-            argv = [*h.cli(), "worker", args.app, "--layer", url, "--threads", str(threads),
-                    "--no-access-log"]  # fmt: skip
-            env = {"WSGI_CHANNELS_BATCH_SCHEDULING": POLICIES[policy]}
-            targets[f"worker {i}"] = procs.start(f"worker-{i}", argv, **env)
-        h.wait_http_ok(port, procs=list(targets.values()))
+        port, groups = start_bridge(procs, parse_split(args.split), app=args.app, worker_env=env)
+        targets = {"redis": groups["redis"], "interface": groups["interface"]}
+        targets.update((f"worker {i}", proc) for i, proc in enumerate(groups["worker"]))
         h.wrk(port, threads=wrk_threads, connections=args.connections, seconds=2)  # warm-up
         pids = {name: proc.pids()[-1] for name, proc in targets.items()}
         before = {name: snapshot(pid) for name, pid in pids.items()}

@@ -143,21 +143,19 @@ def _env_flag(name: str, *, default: bool) -> bool:
         ) from None
 
 
-def _batch_scheduling() -> bool:
+def _batch_scheduling() -> None:
     """Put the calling thread under ``SCHED_BATCH`` (Linux): the CFS treats it as
     CPU-bound, so that when it is woken (its reply's round trip is back, the GIL is
     free) it waits for the running thread's slice instead of preempting it. Its share
     of the CPU and its nice level do not change. Threads it starts inherit the policy.
-    False where the platform has no such policy or refuses it."""
+    Nothing happens where the platform has no such policy or refuses it."""
     policy = getattr(os, "SCHED_BATCH", None)
     if policy is None:
-        return False
+        return
     try:
         os.sched_setscheduler(0, policy, os.sched_param(0))
     except OSError as exc:
         log.debug("SCHED_BATCH refused: %s", exc)
-        return False
-    return True
 
 
 _BAD_REQUEST = error_reply(400, b"Bad Request\n")
