@@ -27,11 +27,11 @@ With ``batch_scheduling`` (the default) the pool and control threads run under L
 thread woken does not preempt the one running, which on a busy machine cuts the
 context switches of threads handing the GIL to each other.
 
-The layer is any object with the ASGI 1.0 layer methods (:class:`Layer`): only
-``send``, ``receive`` (or the older ``receive_many``), ``new_channel`` and, where
-present, ``receive_batch`` are used, so third-party layers such as ``asgi_redis`` work
-(on layers whose ``new_channel`` takes only ``?`` patterns the control channel is a
-``?`` channel).
+The layer is any object with the ASGI 1.0 layer methods
+(:class:`~wsgi_channels.layers.base.Layer`): only ``send``, ``receive`` (or the older
+``receive_many``), ``new_channel`` and, where present, ``receive_batch`` are used, so
+third-party layers such as ``asgi_redis`` work (on layers whose ``new_channel`` takes
+only ``?`` patterns the control channel is a ``?`` channel).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import FrameType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from .adapter import (
     InvalidResponse,
@@ -65,6 +65,7 @@ from .layers.base import (
     ChannelFull,
     ChannelsError,
     ConfigurationError,
+    Layer,
     LayerUnavailable,
     MessageTooLarge,
 )
@@ -160,16 +161,6 @@ def _batch_scheduling() -> None:
 
 _BAD_REQUEST = error_reply(400, b"Bad Request\n")
 _SERVER_ERROR = error_reply(500, b"Internal Server Error\n")
-
-
-class Layer(Protocol):
-    """The ASGI 1.0 layer methods the worker uses (``receive_batch``, our
-    extension, and ``receive_many``, the older name of ``receive``, are looked up
-    with getattr; the ``groups`` extension is the app's business)."""
-
-    def send(self, channel: str, message: dict[str, Any]) -> None: ...
-    def receive(self, channels: Any, block: bool = ...) -> tuple[Any, Any]: ...
-    def new_channel(self, pattern: str) -> str: ...
 
 
 class BodyIncomplete(ChannelsError, OSError):

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
-from ..layers.base import ChannelsError
+from ..layers.base import ChannelsError, Layer
 from ..metrics import NULL_METRICS, Recorder, recorder_from_environ
 from .config import InterfaceConfig, OriginRules
 from .http import HttpExchange
@@ -47,7 +47,7 @@ class InterfaceServer:
     """
 
     def __init__(
-        self, layer: Any, config: InterfaceConfig | None = None, *,
+        self, layer: Layer, config: InterfaceConfig | None = None, *,
         metrics: Recorder = NULL_METRICS, **options: Any,
     ) -> None:  # fmt: skip
         if config is None:
@@ -227,7 +227,7 @@ class InterfaceServer:
                 logger.warning("could not remove a closed socket from its groups: %s", exc)
 
 
-def _describe(layer: Any) -> str:
+def _describe(layer: Layer) -> str:
     return repr(layer)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ..layers.aio import AsyncFace, Entry, Receipt, async_face
-from ..layers.base import ChannelFull
+from ..layers.base import ChannelFull, Layer
 from ..metrics import NULL_METRICS, Recorder
 from ..protocol import DONE_KEY, INTERFACE_PREFIX, check_websocket_reply, full_retry_pauses
 from .protocols import prepare_frame
@@ -193,7 +193,7 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class ReplyRouter:
     """The process prefix, its receive task, and the inbox of every reply channel."""
 
-    def __init__(self, layer: Any, metrics: Recorder = NULL_METRICS) -> None:
+    def __init__(self, layer: Layer, metrics: Recorder = NULL_METRICS) -> None:
         self.layer = layer
         self.metrics = metrics
         self.prefix = ""

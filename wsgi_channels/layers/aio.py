@@ -43,6 +43,7 @@ from ..metrics import NULL_METRICS, Recorder
 from .base import (
     ChannelFull,
     ChannelsError,
+    Layer,
     LayerUnavailable,
     Message,
     validate_channel_name,
@@ -80,7 +81,7 @@ _Outcome = bool | ChannelsError
 MAX_BATCH = 1024
 
 
-def async_face(layer: Any) -> AsyncFace:
+def async_face(layer: Layer) -> AsyncFace:
     """The asyncio face of *layer* on the running loop: the layer's own when it has
     one (``layer.async_face()``), else a :class:`ThreadedFace`."""
     make = getattr(layer, "async_face", None)

@@ -48,7 +48,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import msgpack
 
@@ -64,6 +64,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidChannelName",
     "InvalidMessage",
+    "Layer",
     "LayerUnavailable",
     "Message",
     "MessageTooLarge",
@@ -76,6 +77,19 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+
+
+class Layer(Protocol):
+    """What the worker and the interface server need of a layer they are handed: the
+    ASGI 1.0 core, which ours and third-party ones (``asgi_redis``) have. Everything
+    beyond it (``receive_batch``, ``async_face``, the ``groups``, ``flush`` and
+    ``statistics`` extensions) is looked up with ``getattr`` by whoever uses it, so
+    that a layer without it still works."""
+
+    def send(self, channel: str, message: Message) -> None: ...
+    def receive(self, channels: Any, block: bool = ...) -> tuple[Any, Any]: ...
+    def new_channel(self, pattern: str) -> str: ...
+
 
 DEFAULT_EXPIRY = 60.0
 DEFAULT_GROUP_EXPIRY = 86400.0

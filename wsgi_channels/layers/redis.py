@@ -477,7 +477,7 @@ class _Shard:
             self.pool = redis.ConnectionPool(**pool_kwargs)
         else:
             service, addresses, sentinel_kwargs = sentinel
-            manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
                 addresses, sentinel_kwargs=sentinel_kwargs, **sentinel_kwargs
             )
             kwargs = {k: v for k, v in pool_kwargs.items() if k not in ("host", "port")}

@@ -72,7 +72,7 @@ class _AsyncConnection:
             return
         service, addresses, sentinel_kwargs = shard.sentinel
         sentinel_kwargs = {**sentinel_kwargs, "retry": AsyncRetry(NoBackoff(), 0)}
-        manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             addresses, sentinel_kwargs=sentinel_kwargs, **sentinel_kwargs
         )
         for key in ("host", "port"):
