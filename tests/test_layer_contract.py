@@ -562,6 +562,25 @@ def test_full_channel_raises_channel_full_and_keeps_its_messages(make_layer: Any
     assert layer.global_statistics()["channel_full_count"] == 2
 
 
+def test_send_soon_tells_each_send_its_outcome(make_layer: Any) -> None:
+    # send_soon is send for a caller that need not wait: with no round trip in flight
+    # it sends now and reports before it returns; a full channel is False, and the
+    # message's own errors are raised, with nothing reported and nothing sent.
+    layer = make_layer(capacity=2)
+    outcomes: list[Any] = []
+    for i in range(3):
+        layer.send_soon("soon", {"i": i}, outcomes.append)
+    assert outcomes == [True, True, False]
+    with pytest.raises(MessageTooLarge):
+        layer.send_soon("soon.big", {"b": b"x" * MiB}, outcomes.append)
+    with pytest.raises(InvalidChannelName):
+        layer.send_soon("soon!", {}, outcomes.append)
+    assert len(outcomes) == 3
+    assert [m["i"] for _, m in drain(layer, ["soon", "soon.big"])] == [0, 1]
+    stats = layer.global_statistics()
+    assert stats["channel_full_count"] == 1
+
+
 def test_channel_capacity_glob_overrides(make_layer: Any) -> None:
     layer = make_layer(capacity=2, channel_capacity={"big.*": 5, "tiny": 1, "proc*": 4})
     cases = {"big.one": 5, "big.two": 5, "tiny": 1, "tiny.not": 2, "other": 2, "proc!x": 4}

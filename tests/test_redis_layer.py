@@ -30,6 +30,7 @@ from wsgi_channels.layers import (  # noqa: E402
     LayerUnavailable,
     layer_from_url,
 )
+from wsgi_channels.layers import redis as redis_layer_module  # noqa: E402
 from wsgi_channels.layers.redis import RedisChannelLayer, glob_to_lua  # noqa: E402
 
 pytestmark = needs_redis
@@ -483,6 +484,92 @@ def test_sends_from_many_threads_share_round_trips_and_each_gets_its_outcome(
         assert more, got
         got += [m["n"] for _c, m in more]
     assert sorted(got) == sorted(accepted)
+
+
+@pytest.fixture
+def stalling_redis() -> Iterator[tuple[RedisServer, Callable[[float], threading.Thread]]]:
+    """A redis-server of our own that takes DEBUG SLEEP, and ``stall(seconds)``,
+    which holds it that long from another connection (in a thread, returned)."""
+    server = RedisServer("--enable-debug-command", "yes")
+    server.start()
+
+    def stall(seconds: float) -> threading.Thread:
+        def sleep() -> None:
+            with server.client() as client:
+                client.execute_command("DEBUG", "SLEEP", seconds)
+
+        thread = threading.Thread(target=sleep)
+        thread.start()
+        time.sleep(0.1)  # it has reached the server
+        return thread
+
+    try:
+        yield server, stall
+    finally:
+        server.cleanup()
+
+
+def _send_in_flight(layer: RedisChannelLayer, channel: str, message: dict[str, Any]) -> Any:
+    """A thread whose send is held in flight by the stalled server."""
+    thread = threading.Thread(target=layer.send, args=(channel, message))
+    thread.start()
+    time.sleep(0.1)
+    assert thread.is_alive()
+    return thread
+
+
+def test_send_soon_joins_a_round_trip_in_flight_without_waiting(
+    stalling_redis: tuple[RedisServer, Callable[[float], threading.Thread]],
+    make_layer: Callable[[str], RedisChannelLayer],
+) -> None:
+    # A thread's send is in flight (the server stalls 0.6 s): send_soon from another
+    # thread returns at once, its outcome (sent, then full: capacity 2) comes from
+    # the leading thread once the round trip is back, and the channel holds the
+    # messages in the order they were sent.
+    server, stall = stalling_redis
+    layer = make_layer(server.url + "?channel_capacity=soon.q:2")
+    layer.send("warm", {})
+    sleeper = stall(0.6)
+    leader = _send_in_flight(layer, "soon.q", {"n": 0})
+    outcomes: list[Any] = []
+    started = time.monotonic()
+    layer.send_soon("soon.q", {"n": 1}, outcomes.append)
+    layer.send_soon("soon.q", {"n": 2}, outcomes.append)
+    returned = time.monotonic() - started
+    assert returned < 0.1, returned
+    assert outcomes == [] and leader.is_alive()
+    leader.join(5)
+    sleeper.join(5)
+    wait_until(lambda: len(outcomes) == 2)
+    assert outcomes == [True, False]
+    got = [layer.receive(["soon.q"]), layer.receive(["soon.q"]), layer.receive(["soon.q"])]
+    assert got == [("soon.q", {"n": 0}), ("soon.q", {"n": 1}), (None, None)]
+
+
+def test_send_soon_waits_once_the_leader_has_led_its_rounds(
+    stalling_redis: tuple[RedisServer, Callable[[float], threading.Thread]],
+    make_layer: Callable[[str], RedisChannelLayer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With no rounds left to the leading thread (DETACHED_ROUNDS = 0), a send_soon
+    # made while its round trip is in flight waits, leads the next round trip itself
+    # and reports before it returns: no thread leads others' sends without end.
+    monkeypatch.setattr(redis_layer_module, "DETACHED_ROUNDS", 0)
+    server, stall = stalling_redis
+    layer = make_layer(server.url)
+    layer.send("warm", {})
+    sleeper = stall(0.5)
+    leader = _send_in_flight(layer, "soon.q", {"n": 0})
+    outcomes: list[Any] = []
+    started = time.monotonic()
+    layer.send_soon("soon.q", {"n": 1}, outcomes.append)
+    waited = time.monotonic() - started
+    assert outcomes == [True]
+    assert waited > 0.2, waited
+    leader.join(5)
+    sleeper.join(5)
+    got = [layer.receive(["soon.q"]), layer.receive(["soon.q"]), layer.receive(["soon.q"])]
+    assert got == [("soon.q", {"n": 0}), ("soon.q", {"n": 1}), (None, None)]
 
 
 def test_group_send_writes_one_record_per_process(

@@ -174,3 +174,42 @@ def test_http_replies_go_alone_a_websocket_event_s_last_reply_takes_the_next() -
         replies = ws_event(layer, "receive", ws_message(rc, 1, text="hi"))
     assert replies[0]["text"] == "hi"
     assert layer.combined >= 1
+
+
+def test_replies_that_meet_a_full_reply_channel_all_arrive(redis_url: str) -> None:
+    # Eight requests answered at the same moment by eight threads, all to one
+    # interface's reply prefix with room for one message, read slowly: a last reply
+    # that a round trip in flight takes along (its thread does not wait for it) and
+    # finds the channel full is retried like any reply, so every reply arrives,
+    # whole and once.
+    from wsgi_channels.layers.redis import RedisChannelLayer
+
+    layer = RedisChannelLayer.from_url(redis_url + "?channel_capacity=test.full.*:1")
+    try:
+        prefix = "test.full.one!"
+        messages = [http_message(layer, path=f"/{i}", prefix=prefix) for i in range(8)]
+        for message in messages:
+            layer.send("http.request", message)
+        got: dict[str, list[dict[str, Any]]] = {}
+
+        def complete() -> int:
+            return sum(1 for replies in got.values() if not replies[-1].get("more_content"))
+
+        deadline = time.monotonic() + 10
+        with running_worker(_sleepy_app, layer, threads=8):
+            while complete() < 8:
+                assert time.monotonic() < deadline, got
+                channel, reply = layer.receive([prefix], block=True)
+                if channel is None:
+                    continue
+                got.setdefault(channel, []).append(reply)
+                time.sleep(0.05)  # a slow reader: the channel stays full meanwhile
+        for i, message in enumerate(messages):
+            replies = got[message["reply_channel"]]
+            assert [r.get("more_content", False) for r in replies][-1] is False
+            assert sum(not r.get("more_content", False) for r in replies) == 1
+            assert b"".join(r["content"] for r in replies) == f"/{i}".encode()
+        assert len(got) == 8
+    finally:
+        layer.flush()
+        layer.close()

@@ -97,6 +97,8 @@ Receive = Callable[..., tuple[Any, Any]]
 ReceiveBatch = Callable[..., list[tuple[str, Any]]]
 # send_then_receive([(channel, message)], channels, max_messages) -> (errors, batch)
 SendThenReceive = Callable[..., tuple[list[Any], list[tuple[str, Any]]]]
+# send_soon(channel, message, settled): settled(True | False | error), maybe later
+SendSoon = Callable[[str, dict[str, Any], Callable[[Any], None]], None]
 
 #: How long a reply may wait on a full reply channel once the response has started
 #: (before that, the message's deadline rules: the interface stops waiting then).
@@ -395,6 +397,7 @@ class Worker:
         self._receive_batch: ReceiveBatch | None = getattr(layer, "receive_batch", None)
         self._send_then_receive: SendThenReceive | None = getattr(layer, "send_then_receive", None)
         self._hands_over: Callable[[str], bool] | None = getattr(layer, "hands_over", None)
+        self._layer_send_soon: SendSoon | None = getattr(layer, "send_soon", None)
         self._local = threading.local()  # each pool thread's rotation of channel orders
         # The take duty (see _thread_loop): _taking while a thread holds it; _grace_of
         # the thread whose grace (until _grace_until) is running, None when none is.
@@ -789,6 +792,45 @@ class Worker:
                 )
             time.sleep(min(next(pauses), deadline - now))
 
+    def _send_soon(
+        self, channel: str, message: dict[str, Any], deadline: float, request: _Request | None
+    ) -> None:
+        """Send the last reply of an HTTP response without waiting for its outcome
+        where the layer allows it (``send_soon``: a round trip in flight takes it
+        along), so that the thread goes on to its next message instead of sleeping
+        until the round trip is back. Nothing comes after it on its reply channel, so
+        it cannot be overtaken. A full channel is then retried as :meth:`_send` does,
+        by the thread that learns of it (the one that led the round trip: a reply
+        channel stays full only while its interface cannot keep up, and the retries
+        end within ``FULL_STALL_TIMEOUT``); a refusal is logged, as an abandoned
+        response. Layers without ``send_soon``, and replies handed over in this
+        process, go through :meth:`_send`."""
+        send_soon = self._layer_send_soon
+        if send_soon is None or (self._hands_over is not None and self._hands_over(channel)):
+            self._send(channel, message, deadline, request)
+            return
+        started = self.metrics.clock()
+
+        def settled(outcome: Any) -> None:
+            if outcome is True:
+                self.metrics.sent(channel, started)
+                return
+            self.metrics.layer_error(ChannelFull if outcome is False else outcome)
+            try:
+                if outcome is not False:
+                    raise _Abandon(f"the layer refused the reply: {outcome!r}")
+                self._send(channel, message, deadline, request)  # its retries, as any send
+            except (_Abandon, InvalidResponse) as exc:
+                log.info("abandoned the response on %s: %s", channel, exc)
+
+        try:
+            send_soon(channel, message, settled)
+        except self._too_large as exc:
+            raise InvalidResponse(f"the reply is too large for the layer: {exc}") from None
+        except Exception as exc:
+            self.metrics.layer_error(exc)
+            raise _Abandon(f"the layer refused the reply: {exc!r}") from None
+
     def _send_last(
         self, channel: str, message: dict[str, Any], deadline: float, request: _Request | None
     ) -> None:
@@ -881,11 +923,13 @@ class Worker:
         if ext and self._control_channel is not None:
             request = self._active[reply_channel] = _Request()
             extra = {CONTROL_KEY: self._control_channel}
-        send = self._send
         started_sending = False
 
         def emit(reply: dict[str, Any]) -> None:
             nonlocal started_sending
+            # The last reply need not be waited for (_send_soon); the others must:
+            # the next may not overtake one that meets a full channel.
+            send = self._send if reply.get("more_content") else self._send_soon
             if started_sending:
                 send(reply_channel, reply, time.time() + STALL_TIMEOUT, request)
             else:

@@ -454,6 +454,38 @@ class BaseChannelLayer:
         with self._stats_lock:
             self._messages_count += 1
 
+    def send_soon(
+        self,
+        channel: str,
+        message: Message,
+        settled: Callable[[bool | ChannelsError], None],
+    ) -> None:
+        """:meth:`send` for a caller that need not wait for the outcome: where a
+        round trip already in flight on the channel's server can take the message
+        along (Redis), this returns at once and the thread leading that round trip
+        calls *settled* with the outcome after it; otherwise the send is made now and
+        *settled* is called before this returns. The outcome is True (sent), False
+        (the channel was full: nothing was sent) or the ChannelsError that refused
+        it. The message's own errors (InvalidChannelName, InvalidMessage,
+        MessageTooLarge) are raised here, before anything is sent. *settled* may run
+        in another caller's thread, after that thread's round trip and before its own
+        send returns: what it does there delays that caller."""
+        data = self._prepare_send(channel, message)
+        if data is None:
+            settled(True)
+            return
+
+        def counted(outcome: bool | ChannelsError) -> None:
+            if outcome is True or outcome is False:
+                with self._stats_lock:
+                    if outcome:
+                        self._messages_count += 1
+                    else:
+                        self._channel_full_count += 1
+            settled(outcome)
+
+        self._push_soon(channel, data, time.time() + self.expiry, counted)
+
     def _prepare_send(self, channel: str, message: Message) -> bytes | None:
         """Check and encode a send (every face sends through here): the encoded
         message, or None when it went to a local sink instead (a prefix this process
@@ -854,6 +886,22 @@ class BaseChannelLayer:
     def _push(self, channel: str, data: bytes, expires: float) -> bool:
         """Append to the queue of *channel*; False if it is full."""
         raise NotImplementedError
+
+    def _push_soon(
+        self,
+        channel: str,
+        data: bytes,
+        expires: float,
+        settled: Callable[[bool | ChannelsError], None],
+    ) -> None:
+        """:meth:`_push` for :meth:`send_soon`; backends whose sends share round trips
+        override it. This one sends now."""
+        outcome: bool | ChannelsError
+        try:
+            outcome = self._push(channel, data, expires)
+        except ChannelsError as exc:
+            outcome = exc
+        settled(outcome)
 
     def _push_many(self, items: list[tuple[str, bytes, float]]) -> list[bool | ChannelsError]:
         """Append each ``(channel, data, expires)``; per item True, False if full, or

@@ -63,6 +63,7 @@ LayerUnavailable. A failover may lose what the old master had not yet replicated
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import re
 import select
@@ -98,12 +99,18 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 __all__ = ["DEFAULT_PREFIX", "DEFAULT_URL", "RedisChannelLayer"]
 
+log = logging.getLogger("wsgi_channels.layers")
+
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "wsgi_channels"
 
 #: How long one BLPOP waits on one server (or slot) when a receive spans several
 #: (there is no blocking pop across them, so the receive turns round in slices).
 SHARD_SLICE = 0.05
+#: How many more round trips a thread that led one leads for sends queued meanwhile
+#: whose threads did not wait for their outcome (``send_soon``), before sends wait
+#: again so that one of them leads.
+DETACHED_ROUNDS = 2
 #: Most redirections (MOVED, ASK, TRYAGAIN) one command follows before giving up
 #: (redis-py's cluster client allows 16 too); from the third on, each waits a little
 #: longer, as a slot being handed over can bounce a command between two nodes.
@@ -449,6 +456,7 @@ class _Shard:
         "busy",
         "client",
         "combine",
+        "detachable",
         "kwargs",
         "local",
         "masked",
@@ -472,6 +480,9 @@ class _Shard:
         self.combine = threading.Lock()
         self.pending: list[_Send] = []
         self.busy = False
+        #: May a send made now go without waiting for its outcome (``send_soon``)?
+        #: True while the round trip in flight has rounds left (see ``_lead``).
+        self.detachable = True
         self.pool: redis.ConnectionPool
         if sentinel is None:
             self.pool = redis.ConnectionPool(**pool_kwargs)
@@ -519,7 +530,7 @@ class _Shard:
 class _Send:
     """One message waiting in a shard's combined send."""
 
-    __slots__ = ("capacity", "key", "lead", "outcome", "record", "waiter")
+    __slots__ = ("capacity", "key", "lead", "outcome", "record", "settled", "waiter")
 
     def __init__(self, key: str, record: bytes, capacity: int) -> None:
         self.key = key
@@ -530,6 +541,9 @@ class _Send:
         #: set or when the thread is handed the next round trip (then ``lead``).
         self.waiter: threading.Lock | None = None
         self.lead = False
+        #: For a send whose thread did not wait (``send_soon``): called with the
+        #: outcome by the thread that led its round trip.
+        self.settled: Callable[[bool | ChannelsError], None] | None = None
 
 
 def _settle(sent: list[_Send], reply: Any) -> None:
@@ -1267,11 +1281,37 @@ class RedisChannelLayer(BaseChannelLayer):
         by the next. A lone thread pays exactly one round trip; nothing waits for a
         batch to fill. A waiting thread is woken once: when its send has its outcome,
         or when it is handed the next round trip."""
-        entry = self._send_record(channel, data, expires)
+        outcome = self._combine(self._send_record(channel, data, expires), None)
+        if isinstance(outcome, ChannelsError):
+            raise outcome
+        return bool(outcome)
+
+    def _push_soon(
+        self,
+        channel: str,
+        data: bytes,
+        expires: float,
+        settled: Callable[[bool | ChannelsError], None],
+    ) -> None:
+        """:meth:`_push` that does not wait when a round trip in flight can take the
+        send along: the thread leading it calls *settled* with the outcome."""
+        outcome = self._combine(self._send_record(channel, data, expires), settled)
+        if outcome is not None:
+            settled(outcome)
+
+    def _combine(
+        self, entry: _Send, settled: Callable[[bool | ChannelsError], None] | None
+    ) -> bool | ChannelsError | None:
+        """Queue *entry* on its shard and lead, wait or (with *settled*, while the
+        round trip in flight has rounds left) leave it queued: its outcome, or None
+        when it was left to the leader."""
         shard = self._shard_of(entry.key)
         with shard.combine:
             shard.pending.append(entry)
             if shard.busy:
+                if settled is not None and shard.detachable:
+                    entry.settled = settled
+                    return None
                 entry.waiter = threading.Lock()
                 entry.waiter.acquire()
             else:
@@ -1284,49 +1324,96 @@ class RedisChannelLayer(BaseChannelLayer):
                 raise
         if entry.outcome is None:
             self._lead(shard)
-        outcome = entry.outcome
-        if isinstance(outcome, ChannelsError):
-            raise outcome
-        return bool(outcome)
+        return entry.outcome
 
-    @staticmethod
-    def _withdraw_send(shard: _Shard, entry: _Send) -> None:
+    def _withdraw_send(self, shard: _Shard, entry: _Send) -> None:
         """An interrupted wait: the send is dropped if no round trip took it yet, and
-        a round trip handed to this thread goes to the next send queued."""
+        a round trip handed to this thread goes to the next send waiting."""
+        orphans: list[_Send] = []
         with shard.combine:
             if entry in shard.pending:
                 shard.pending.remove(entry)
-            if entry.lead:
-                RedisChannelLayer._hand_on(shard)
+            if entry.lead and self._hand_on(shard):
+                orphans = self._orphans(shard)
+        self._settle_detached(orphans)
 
     @staticmethod
-    def _hand_on(shard: _Shard) -> None:
-        """With ``shard.combine`` held: wake the first send queued to lead the next
-        round trip, or mark the shard idle."""
+    def _hand_on(shard: _Shard) -> bool:
+        """With ``shard.combine`` held: wake the first send waiting to lead the next
+        round trip (it takes every send queued, those ahead of it too), or mark the
+        shard idle. True when only sends that did not wait are queued: the caller
+        leads them."""
+        for entry in shard.pending:
+            if entry.waiter is not None:
+                entry.lead = True
+                shard.detachable = True
+                entry.waiter.release()
+                return False
         if shard.pending:
-            first = shard.pending[0]
-            first.lead = True
-            assert first.waiter is not None  # queued while busy
-            first.waiter.release()
-        else:
-            shard.busy = False
+            return True
+        shard.busy = False
+        shard.detachable = True
+        return False
+
+    @staticmethod
+    def _orphans(shard: _Shard) -> list[_Send]:
+        """With ``shard.combine`` held, when the thread that would lead them cannot:
+        the queued sends that did not wait, failed, and the shard marked idle."""
+        orphans, shard.pending = shard.pending, []
+        for entry in orphans:
+            entry.outcome = LayerUnavailable(f"Redis at {shard.masked}: send interrupted")
+        shard.busy = False
+        shard.detachable = True
+        return orphans
+
+    @staticmethod
+    def _settle_detached(entries: list[_Send]) -> None:
+        for entry in entries:
+            assert entry.settled is not None and entry.outcome is not None
+            try:
+                entry.settled(entry.outcome)
+            except Exception:  # the caller's callback: it must not break our thread
+                log.exception("a send's outcome callback failed")
 
     def _lead(self, shard: _Shard) -> None:
         """Send every send queued on *shard* in one round trip (ours among them), wake
-        their threads, then hand the next round trip to the first send queued since,
-        or mark the shard idle."""
-        with shard.combine:
-            batch, shard.pending = shard.pending, []
+        the threads waiting for theirs, then hand the next round trip to the first
+        send waiting since, or mark the shard idle. Sends queued meanwhile whose
+        threads did not wait (``send_soon``) are led by this thread too, for at most
+        ``DETACHED_ROUNDS`` more round trips; during the last one, sends wait, so that
+        one of them leads the next and no thread is held long by others' sends. The
+        outcomes of sends that did not wait are passed on once this thread has handed
+        the shard on."""
+        detached: list[_Send] = []
+        rounds = 0
         try:
-            self._send_batch(shard, batch)
+            again = True
+            while again:
+                with shard.combine:
+                    batch, shard.pending = shard.pending, []
+                    rounds += 1
+                    if rounds > DETACHED_ROUNDS:
+                        shard.detachable = False
+                interrupted = True
+                try:
+                    self._send_batch(shard, batch)
+                    interrupted = False
+                finally:
+                    for entry in batch:
+                        if entry.outcome is None:  # an interrupt before the reply was read
+                            entry.outcome = LayerUnavailable(
+                                f"Redis at {shard.masked}: send interrupted"
+                            )
+                        if entry.waiter is not None:
+                            entry.waiter.release()
+                        elif entry.settled is not None:
+                            detached.append(entry)
+                    with shard.combine:
+                        again = self._hand_on(shard)
+                        if again and interrupted:
+                            detached += self._orphans(shard)
         finally:
-            for entry in batch:
-                if entry.outcome is None:  # an interrupt before the reply was read
-                    entry.outcome = LayerUnavailable(f"Redis at {shard.masked}: send interrupted")
-                if entry.waiter is not None:
-                    entry.waiter.release()
-            with shard.combine:
-                self._hand_on(shard)
+            self._settle_detached(detached)
 
     def _send_commands(self, shard: _Shard, batch: list[_Send]) -> list[tuple[list[_Send], Any]]:
         """The send scripts for *batch*: one per slot (a cluster runs a script in one
