@@ -152,6 +152,57 @@ def test_run_prints_its_url_and_serves(tmp_path: Path) -> None:
     assert "Traceback" not in process.output
 
 
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_run_holds_no_more_of_a_slow_download_than_its_response_buffer(tmp_path: Path) -> None:
+    # Under `run` the worker's replies are handed over in the process, not sent
+    # through the layer, whose capacity would brake the worker. A 24 MB download
+    # to a client that reads about 10 MB/s, with a response buffer of 1 MiB: the
+    # client gets every byte, and the process does not hold the body meanwhile
+    # (before the fix it took the whole body at once, and its memory grew with it).
+    port = free_port()
+    size = 24 * 1024 * 1024
+    url = f"sqlite:///{tmp_path / 'run.sqlite3'}"
+    process = CliProcess(
+        "run", "apps:echo", "--bind", f"127.0.0.1:{port}", "--layer", url,
+        env={"WSGI_CHANNELS_RESPONSE_BUFFER": "1M"},
+    )  # fmt: skip
+    process.start()
+    try:
+        wait_for_port(port)
+        assert requests.get(f"http://127.0.0.1:{port}/hi", timeout=10).status_code == 200
+        assert process.process is not None
+        pid = process.process.pid
+        before = peak = _rss(pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            client.sendall(f"GET /download?{size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += client.recv(65536)
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            got = len(body)
+            while got < size:
+                chunk = client.recv(65536)
+                assert chunk, got
+                got += len(chunk)
+                time.sleep(0.006)
+                peak = max(peak, _rss(pid))
+        assert got == size
+        assert peak - before < 12 * 1024 * 1024, (before, peak)
+    finally:
+        assert process.stop() == 0, process.output
+    assert "Traceback" not in process.output
+
+
 DJANGO_SETTINGS = """
 SECRET_KEY = "test"
 ROOT_URLCONF = "djurls"

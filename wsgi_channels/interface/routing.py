@@ -20,6 +20,7 @@ import collections
 import enum
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,11 @@ class Inbox:
         # receive task pauses a moment for it (see ReplyRouter).
         self.stalls = stalls
         self.cut = False  # overflowed: nothing more is kept
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes waiting (read from any thread: a bound, not an exact figure)."""
+        return self._bytes
 
     @property
     def over(self) -> bool:
@@ -200,6 +206,9 @@ class ReplyRouter:
         self.face: AsyncFace | None = None
         self.inboxes: dict[str, Inbox] = {}
         self.sessions: dict[str, WebSocketSession] = {}
+        # Bytes of replies handed over in the process, on their way to the loop.
+        self._transit: dict[str, int] = {}
+        self._transit_lock = threading.Lock()
 
     @property
     def started(self) -> bool:
@@ -212,7 +221,7 @@ class ReplyRouter:
         self.prefix = INTERFACE_PREFIX + secrets.token_hex(16) + "!"
         self.face = async_face(self.layer)
         self.face.metrics = self.metrics
-        self.face.listen([self.prefix], self.deliver)
+        self.face.listen([self.prefix], self.deliver, admit=self._admit)
 
     async def stop(self) -> None:
         face, self.face = self.face, None
@@ -249,6 +258,30 @@ class ReplyRouter:
             await self.face.discard_channel(channel)
 
     # -- delivery -------------------------------------------------------------------
+
+    def _admit(self, channel: str, message: Message) -> Callable[[], None] | None:
+        """A reply handed over in the process (``wsgi-channels run``), in the sending
+        thread: refused with ChannelFull when its HTTP response's backlog, counting
+        what is still on its way to the loop, would go over the bound (a slow
+        client), which brakes the worker as the layer's capacity does for replies
+        that travel through it."""
+        inbox = self.inboxes.get(channel)
+        if inbox is None or not inbox.stalls or inbox.cut:
+            return None
+        size = payload_size(message)
+        with self._transit_lock:
+            transit = self._transit.get(channel, 0)
+            if (transit or inbox) and transit + inbox.nbytes + size > inbox.max_bytes:
+                raise ChannelFull(f"channel {channel!r} is full: its client is behind")
+            self._transit[channel] = transit + size
+
+        def arrived() -> None:
+            with self._transit_lock:
+                left = self._transit.pop(channel, 0) - size
+                if left > 0:
+                    self._transit[channel] = left
+
+        return arrived
 
     def deliver(self, entries: Iterable[Entry]) -> Awaitable[None] | None:
         """Hand a batch to the inboxes; returns what the receive task must await

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from .base import BaseChannelLayer
 
 __all__ = [
+    "Admit",
     "AsyncFace",
     "Deliver",
     "Entry",
@@ -76,6 +77,10 @@ _Item = tuple[str, bytes, float]
 #: :meth:`AsyncFace.withdraw` while nobody has received it.
 Receipt = _Item
 _Outcome = bool | ChannelsError
+
+#: Called in the sending thread for a send handed over in the process: may raise
+#: ChannelFull; may return what to call on the loop once the message is delivered.
+Admit = Callable[[str, Message], "Callable[[], None] | None"]
 
 #: Most messages one receive round trip takes.
 MAX_BATCH = 1024
@@ -108,6 +113,7 @@ class AsyncFace:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._prefixes: list[str] = []
         self._deliver: Deliver | None = None
+        self._admit: Admit | None = None
         self._thread_id = threading.get_ident()
         self.closing = False
 
@@ -178,11 +184,24 @@ class AsyncFace:
 
     # -- receiving --------------------------------------------------------------------
 
-    def listen(self, names: list[str], deliver: Deliver, *, max_messages: int = MAX_BATCH) -> None:
+    def listen(
+        self,
+        names: list[str],
+        deliver: Deliver,
+        *,
+        max_messages: int = MAX_BATCH,
+        admit: Admit | None = None,
+    ) -> None:
         """Drain *names* (``name!`` prefixes of this process, or other channels) until
         :meth:`aclose`, calling *deliver* on the loop with each batch. Sends from this
-        process to channels under a listened prefix are delivered without the layer."""
+        process to channels under a listened prefix are delivered without the layer:
+        what *deliver* returns to await is then run as a task, and each send is first
+        put to ``admit(channel, message)``, in the sending thread, which may refuse
+        it with ChannelFull (as the layer refuses a send to a full channel: the
+        caller's backlog for that channel is over its bound) and may return a
+        function to call on the loop once the message has been delivered."""
         self._deliver = deliver
+        self._admit = admit
         for name in names:
             validate_channel_name(name, receive=True)
             if name.endswith("!"):
@@ -211,15 +230,39 @@ class AsyncFace:
                 await backoff.pause()
 
     def _local_sink(self, channel: str, message: Message) -> None:
-        deliver = self._deliver
-        if deliver is None:
+        if self._deliver is None:
             return
+        arrived = None
+        if self._admit is not None:
+            try:
+                arrived = self._admit(channel, message)
+            except ChannelFull:
+                with self.layer._stats_lock:
+                    self.layer._channel_full_count += 1
+                raise
+        entries = [([channel], message)]
         if threading.get_ident() == self._thread_id:
-            deliver([([channel], message)])
-        else:
-            # A closed loop: the server is gone, and its inboxes with it.
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(deliver, [([channel], message)])
+            self._deliver_here(entries, arrived)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._deliver_here, entries, arrived)
+        except RuntimeError:  # a closed loop: the server is gone, and its inboxes with it
+            if arrived is not None:
+                arrived()
+
+    def _deliver_here(self, entries: list[Entry], arrived: Callable[[], None] | None) -> None:
+        """Deliver on the loop what was handed over; what the caller asks to await
+        (a pause for a slow reader, which may end in cutting it) runs as a task."""
+        deliver = self._deliver
+        try:
+            pause = None if deliver is None else deliver(entries)
+        finally:
+            if arrived is not None:
+                arrived()
+        if pause is not None:
+            task = asyncio.ensure_future(pause)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _drain(self, names: list[str], deliver: Deliver, max_messages: int) -> None:
         raise NotImplementedError
@@ -345,7 +388,16 @@ class ThreadedFace(AsyncFace):
     async def withdraw(self, receipts: Sequence[Receipt]) -> list[bool]:
         return [False] * len(receipts)  # ASGI 1.0 layers cannot take a message back
 
-    def listen(self, names: list[str], deliver: Deliver, *, max_messages: int = MAX_BATCH) -> None:
+    def listen(
+        self,
+        names: list[str],
+        deliver: Deliver,
+        *,
+        max_messages: int = MAX_BATCH,
+        admit: Admit | None = None,
+    ) -> None:
+        # *admit* is for sends handed over in the process, which a layer of its own
+        # (ASGI 1.0) never makes.
         self._deliver = deliver
         thread = threading.Thread(
             target=self._receive_loop, args=(names, deliver), name="wsgi-channels-receive",
