@@ -396,6 +396,42 @@ def test_replies_before_the_accept_are_written_after_it_in_order() -> None:
     run(scenario())
 
 
+def test_more_replies_before_the_accept_than_the_queue_holds_close_with_1013() -> None:
+    # The socket's queue holds 3: of 5 replies before the accept, the first 3 are
+    # written after it, in order, then the socket is closed as one that cannot keep
+    # up, rather than losing the others silently.
+    async def scenario() -> None:
+        async with serving(websocket_queue=3) as server:
+            ws, event = await server.connect()
+            channel = event["reply_channel"]
+            for n in range(5):  # each taken by the session before the next arrives
+                server.reply(channel, [{"text": str(n)}])
+                await asyncio.sleep(0.01)
+            server.reply(channel, accepted(event))
+            assert await ws.receive_output() == {"type": "websocket.accept"}
+            for n in range(3):
+                assert await ws.receive_output() == text(str(n))
+            assert await ws.receive_output() == {"type": "websocket.close", "code": 1013}
+
+    run(scenario())
+
+
+def test_a_burst_before_the_accept_over_the_inbox_refuses_the_handshake_and_says_so() -> None:
+    # Five replies at once into an inbox of three: what was dropped may hold the
+    # app's decision, so the handshake is refused and the app gets a disconnect.
+    async def scenario() -> None:
+        async with serving(websocket_queue=3) as server:
+            ws, event = await server.connect()
+            channel = event["reply_channel"]
+            server.reply(channel, [*({"text": str(n)} for n in range(4)), *accepted(event)])
+            assert await ws.receive_output() == {"type": "websocket.close"}
+            gone = await server.take(DISCONNECT)
+            assert gone["code"] == 1013
+            assert gone["reply_channel"] == channel
+
+    run(scenario())
+
+
 def test_replies_before_a_rejection_are_dropped() -> None:
     async def scenario() -> None:
         async with serving() as server:

@@ -377,7 +377,7 @@ class HttpExchange:
                         self.config.response_buffer,
                     )
                 elif reply is Event.TIMEOUT:
-                    logger.warning("no response chunk for %.0f s; connection cut", timeout)
+                    logger.warning("no response chunk for %g s; connection cut", timeout)
                 if isinstance(control, str):
                     await self._tell_worker(control, reply_channel)
                 # Returning before the end of the response makes uvicorn close the

@@ -161,8 +161,10 @@ class WebSocketSession:
         # connect event runs, or released by ChannelsMiddleware before the worker's
         # accept) wait here: sent after the accept, dropped on a rejection. Under
         # ASGI 1.0 a frame before accept accepts; that is honoured only when no
-        # decision came before the timeout (a worker that does not speak ours).
-        early: collections.deque[Message] = collections.deque(maxlen=config.websocket_queue)
+        # decision came before the timeout (a worker that does not speak ours). More
+        # than the socket's queue holds: the socket is closed with 1013 once accepted.
+        early: collections.deque[Message] = collections.deque()
+        behind = False
         while True:
             reply = await self.inbox.get(deadline)
             if self.close_code is not None or (reply is Event.TIMEOUT and not early):
@@ -184,14 +186,31 @@ class WebSocketSession:
                     await self._handle_reply(frame)
                 if isinstance(reply, dict):
                     await self._handle_reply(reply)
+                if behind:
+                    self._too_slow()
                 break
+            if reply is Event.OVERFLOW:
+                # More at once than the inbox holds, the decision perhaps among what
+                # was dropped: the handshake is refused (403) and the app told.
+                logger.warning(
+                    "WebSocket %s: more replies before the accept than its queue holds;"
+                    " refusing the handshake",
+                    self.path,
+                )
+                await self._socket_send({"type": "websocket.close"})
+                self.order += 1
+                await self._send_event("websocket.disconnect", {"code": 1013}, config.http_timeout)
+                return
             if not isinstance(reply, dict):
                 continue
             if reply.get("close") or reply.get(DONE_KEY) == 0:
                 await self._socket_send({"type": "websocket.close"})  # rejected: 403
                 return
             if "text" in reply or "bytes" in reply:
-                early.append(reply)
+                if len(early) < config.websocket_queue:
+                    early.append(reply)
+                else:
+                    behind = True
         reader = loop.create_task(self._read())
         try:
             await self._write()
