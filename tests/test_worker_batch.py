@@ -3,6 +3,7 @@ waits behind another, and http.request cannot starve the websocket.* channels.""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -147,6 +148,64 @@ def test_at_concurrency_1_the_thread_that_answered_takes_the_next(
             assert time.monotonic() - sent < 0.3  # never held by its own grace
             time.sleep(0.01)
     assert len(threads) == 1, threads
+
+
+def _voluntary_switches(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
+def test_at_concurrency_1_idle_threads_are_not_woken_by_each_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One request after another on 8 threads: one thread serves them all, and the
+    # seven idle ones sleep through. A wake-up per request (to wait out the grace)
+    # would want the GIL while the app runs, which at concurrency 1 costs more than
+    # the app. The grace is made long so that the rule, not the machine's speed,
+    # decides: its watcher looks once per grace, not once per request.
+    monkeypatch.setattr(worker_module, "TAKE_GRACE", 0.05)
+    layer = MemoryChannelLayer(receive_timeout=0.2)
+    served: set[int] = set()
+
+    def native_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        served.add(threading.get_native_id())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    requests = 300
+    with running_worker(native_app, layer, threads=8):
+        for message in [http_message(layer, path="/warm")]:
+            layer.send("http.request", message)
+            read_reply(layer, message["reply_channel"])
+        deadline = time.monotonic() + 5
+        while True:  # the pool threads, once all have started
+            pool = [
+                t.native_id
+                for t in threading.enumerate()
+                if t.name[len("wsgi-channels-") :].isdigit() and t.native_id is not None
+            ]
+            if len(pool) == 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert len(pool) == 8
+        time.sleep(0.1)  # past the starting threads' first waits
+        before = {n: _voluntary_switches(n) for n in pool}
+        started = time.monotonic()
+        for i in range(requests):
+            message = http_message(layer, path=f"/{i}")
+            layer.send("http.request", message)
+            assert read_reply(layer, message["reply_channel"]).body == b"ok"
+        elapsed = time.monotonic() - started
+        after = {n: _voluntary_switches(n) for n in pool}
+    idle = sum(after[n] - before[n] for n in pool if n not in served)
+    # The watcher's looks, one per TAKE_GRACE, and a few to settle who watches.
+    allowed = 2 * elapsed / 0.05 + 10
+    assert idle <= allowed, (idle, allowed, requests, elapsed)
+    assert idle < requests / 4, (idle, requests)
 
 
 class CombiningLayer(MemoryChannelLayer):

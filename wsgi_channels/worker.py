@@ -406,6 +406,7 @@ class Worker:
         self._grace_of: int | None = None
         self._grace_until = 0.0
         self._concurrent_at = -math.inf  # when a message last came while another ran
+        self._watcher: int | None = None  # the thread that wakes when a grace ends
         self._handoff: collections.deque[tuple[str, Any]] = collections.deque()
         self._busy = 0
         self._outage_since: float | None = None
@@ -514,7 +515,11 @@ class Worker:
         for ``TAKE_GRACE`` while it runs it (idle threads wait), so that at
         concurrency 1 its reply and its next receive follow each other in one thread
         instead of a second thread's receive competing with the app; not for
-        ``GRACE_QUIET`` after a message came while another ran. An HTTP reply goes
+        ``GRACE_QUIET`` after a message came while another ran. One idle thread, the
+        watcher, waits out each grace and takes if the grace ends with its holder still
+        busy; while graces follow each other it looks every ``TAKE_GRACE`` instead of
+        being woken by each release, so that at concurrency 1 no idle thread wakes per
+        request (each such wake-up wanted the GIL while the app ran). An HTTP reply goes
         alone (sends of threads replying at the same moment share a round trip in the
         layer); the last reply of a WebSocket event may take the next messages with
         it (:meth:`_send_last`). Messages not
@@ -602,16 +607,29 @@ class Worker:
         with cond:
             while True:
                 if self._handoff or self._stopping.is_set():
+                    if self._watcher == me:
+                        self._watcher = None
                     cond.notify()  # the next waiter looks too, one after another
                     return False
+                now = time.monotonic()
                 if not self._taking:
                     grace_of = self._grace_of
-                    wait = self._grace_until - time.monotonic()
+                    wait = self._grace_until - now
                     if grace_of is None or grace_of == me or wait <= 0:
                         break
+                    self._watcher = me  # waits out another's grace
+                elif self._watcher in (None, me) and now - self._grace_until < GRACE_QUIET:
+                    # Graces follow each other (concurrency 1): watch, looking once
+                    # per grace, rather than being woken by every release.
+                    self._watcher = me
+                    wait = TAKE_GRACE
                 else:
+                    if self._watcher == me:
+                        self._watcher = None
                     wait = TICK_INTERVAL
                 cond.wait(wait)
+            if self._watcher == me:
+                self._watcher = None
             self._taking = True
             self._grace_of = None
             return True
@@ -636,7 +654,8 @@ class Worker:
     def _release(self, *, grace: bool = False) -> None:
         """Give the duty up; with *grace*, keep it for this thread for ``TAKE_GRACE``
         unless a message came while another ran in the last ``GRACE_QUIET``. Wakes
-        one waiting thread, which passes the wake on while messages are handed off."""
+        one waiting thread, which passes the wake on while messages are handed off;
+        not for a grace that a watcher already looks after."""
         cond = self._take_cond
         with cond:
             self._taking = False
@@ -644,6 +663,8 @@ class Worker:
             if grace and now - self._concurrent_at > GRACE_QUIET:
                 self._grace_of = threading.get_ident()
                 self._grace_until = now + TAKE_GRACE
+                if self._watcher is not None:
+                    return  # it wakes at the end of the grace by itself
             cond.notify()
 
     def _end_grace(self) -> None:
