@@ -300,6 +300,61 @@ def test_worker_runs_the_app_under_sched_batch_unless_told_not_to(
         assert worker.wait(15) == 0
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_BATCH"), reason="no SCHED_BATCH here")
+@pytest.mark.parametrize(
+    ("args", "env", "batch"),
+    [
+        pytest.param((), {}, True, id="default"),
+        pytest.param(("--no-batch-scheduling",), {}, False, id="option"),
+        pytest.param((), {"WSGI_CHANNELS_BATCH_SCHEDULING": "0"}, False, id="environment"),
+        pytest.param(("--workers", "2"), {}, True, id="each-of-workers"),
+    ],
+)
+def test_interface_runs_its_event_loop_under_sched_batch_unless_told_not_to(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], batch: bool
+) -> None:
+    import os
+
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'layer.sqlite3'}"
+    server = subprocess.Popen(
+        cli_command("interface", "--layer", url, "--bind", f"127.0.0.1:{port}", *args),
+        cwd=tmp_path,
+        env=child_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        if "--workers" in args:  # the serving processes are the supervisor's children
+            deadline = time.monotonic() + 20
+            while True:
+                children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+                pids = [int(p) for p in children.read_text().split()]
+                serving = [p for p in pids if _is_interface_child(p)]
+                if len(serving) == 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert len(serving) == 2, pids
+        else:
+            serving = [server.pid]
+        expected = os.SCHED_BATCH if batch else os.SCHED_OTHER
+        deadline = time.monotonic() + 20  # a spawned process sets it as it builds its app
+        while {os.sched_getscheduler(p) for p in serving} != {expected}:
+            assert time.monotonic() < deadline, [os.sched_getscheduler(p) for p in serving]
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        assert server.wait(20) == 0
+
+
+def _is_interface_child(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 RELOAD_APP = """
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])

@@ -133,9 +133,9 @@ _FLAG_WORDS = {
 }
 
 
-def _env_flag(name: str, *, default: bool) -> bool:
+def _env_flag(name: str, *, default: bool, environ: Mapping[str, str] | None = None) -> bool:
     """A yes/no environment variable, spelt as the command line's flags take it."""
-    raw = os.environ.get(name, "").strip().lower()
+    raw = (os.environ if environ is None else environ).get(name, "").strip().lower()
     if not raw:
         return default
     try:

@@ -26,6 +26,7 @@ from typing import Any
 from ..layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
 from ..layers.base import ChannelsError, Layer
 from ..metrics import NULL_METRICS, Recorder, recorder_from_environ
+from ..worker import BATCH_SCHEDULING_ENV, _batch_scheduling, _env_flag
 from .config import InterfaceConfig, OriginRules
 from .http import HttpExchange
 from .routing import Event, Inbox, Receive, ReplyRouter, Scope, Send
@@ -238,8 +239,15 @@ def create_app(
     layer from ``WSGI_CHANNELS_LAYER`` (default ``sqlite:///.wsgi_channels.sqlite3``),
     the rest from :meth:`InterfaceConfig.from_environ`. For ``uvicorn --factory
     wsgi_channels.interface:create_app`` and each ``--workers`` process. *metrics* (a
-    :mod:`wsgi_channels.metrics` recorder) defaults to ``recorder_from_environ``."""
+    :mod:`wsgi_channels.metrics` recorder) defaults to ``recorder_from_environ``.
+
+    The calling thread, which runs the event loop under uvicorn, is put under Linux's
+    ``SCHED_BATCH`` policy as the worker's threads are, unless
+    ``WSGI_CHANNELS_BATCH_SCHEDULING`` is off: woken by a client or by Redis, the loop
+    no longer preempts the process running (paired A/B, docs/scaling.md)."""
     env = os.environ if environ is None else environ
+    if _env_flag(BATCH_SCHEDULING_ENV, default=True, environ=env):
+        _batch_scheduling()
     layer = layer_from_url(env.get(LAYER_ENV) or DEFAULT_LAYER_URL)
     if metrics is None:
         metrics = recorder_from_environ(env, "interface")
