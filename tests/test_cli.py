@@ -260,14 +260,18 @@ def app(environ, start_response):
 """
 
 
+#: (command-line arguments, environment, whether SCHED_BATCH is expected)
+POLICY_CASES = [
+    pytest.param((), {}, True, id="default"),
+    pytest.param(("--no-batch-scheduling",), {}, False, id="option"),
+    pytest.param((), {"WSGI_CHANNELS_BATCH_SCHEDULING": "0"}, False, id="environment"),
+]
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_BATCH"), reason="no SCHED_BATCH here")
 @pytest.mark.parametrize(
     ("args", "env", "batch"),
-    [
-        pytest.param((), {}, True, id="default"),
-        pytest.param(("--no-batch-scheduling",), {}, False, id="option"),
-        pytest.param((), {"WSGI_CHANNELS_BATCH_SCHEDULING": "0"}, False, id="environment"),
-    ],
+    POLICY_CASES,
 )
 def test_worker_runs_the_app_under_sched_batch_unless_told_not_to(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], batch: bool
@@ -303,12 +307,7 @@ def test_worker_runs_the_app_under_sched_batch_unless_told_not_to(
 @pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_BATCH"), reason="no SCHED_BATCH here")
 @pytest.mark.parametrize(
     ("args", "env", "batch"),
-    [
-        pytest.param((), {}, True, id="default"),
-        pytest.param(("--no-batch-scheduling",), {}, False, id="option"),
-        pytest.param((), {"WSGI_CHANNELS_BATCH_SCHEDULING": "0"}, False, id="environment"),
-        pytest.param(("--workers", "2"), {}, True, id="each-of-workers"),
-    ],
+    [*POLICY_CASES, pytest.param(("--workers", "2"), {}, True, id="each-of-workers")],
 )
 def test_interface_runs_its_event_loop_under_sched_batch_unless_told_not_to(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], batch: bool

@@ -107,6 +107,21 @@ metrics_option = click.option(
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the metrics extra: "
     "pip install 'wsgi-channels[metrics]'); off by default. [env: WSGI_CHANNELS_METRICS]",
 )
+
+
+def batch_scheduling_option(what: str, waits: str) -> Callable[[Callable[..., Any]], Any]:
+    """``--batch-scheduling/--no-batch-scheduling`` for a command that runs *what*."""
+    return click.option(
+        "--batch-scheduling/--no-batch-scheduling",
+        envvar=_env("BATCH_SCHEDULING"),
+        default=True,
+        show_default=True,
+        help=f"Run {what} under Linux's SCHED_BATCH policy: the same CPU share, but "
+        f"{waits} the running one's time slice instead of preempting it (fewer context "
+        "switches under load). [env: WSGI_CHANNELS_BATCH_SCHEDULING]",
+    )
+
+
 threads_option = click.option(
     "--threads",
     envvar=_env("THREADS"),
@@ -693,14 +708,8 @@ def _bind(config: Any) -> socket.socket:
 @log_level_option
 @access_log_option
 @metrics_option
-@click.option(
-    "--batch-scheduling/--no-batch-scheduling",
-    envvar=_env("BATCH_SCHEDULING"),
-    default=True,
-    show_default=True,
-    help="Run each process's event loop under Linux's SCHED_BATCH policy: the same CPU "
-    "share, but woken by a client or the layer it waits for the running process's time "
-    "slice instead of preempting it. [env: WSGI_CHANNELS_BATCH_SCHEDULING]",
+@batch_scheduling_option(
+    "each process's event loop", "woken by a client or the layer, it waits for"
 )
 def interface(
     bind: str,
@@ -795,15 +804,7 @@ def _serve_metrics_of_children(address: str, url: str, processes: int) -> None:
 @log_level_option
 @access_log_option
 @metrics_option
-@click.option(
-    "--batch-scheduling/--no-batch-scheduling",
-    envvar=_env("BATCH_SCHEDULING"),
-    default=True,
-    show_default=True,
-    help="Run the app's threads under Linux's SCHED_BATCH policy: the same CPU share, "
-    "but a thread woken waits for the running one's time slice instead of preempting "
-    "it (fewer context switches under load). [env: WSGI_CHANNELS_BATCH_SCHEDULING]",
-)
+@batch_scheduling_option("the app's threads", "a thread woken waits for")
 def worker(
     app: str,
     layer_url: str | None,
