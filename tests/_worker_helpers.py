@@ -8,6 +8,7 @@ with ``tests/`` on ``PYTHONPATH``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import secrets
 import threading
@@ -78,6 +79,9 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     if path == "/pid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(os.getpid()).encode()]
+    if path == "/gc-frozen":  # how many objects the collector leaves alone
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(gc.get_freeze_count()).encode()]
     if path == "/echo":
         body = environ["wsgi.input"].read()
         start_response("200 OK", [("Content-Type", "application/octet-stream")])

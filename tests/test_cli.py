@@ -304,6 +304,52 @@ def test_worker_runs_the_app_under_sched_batch_unless_told_not_to(
         assert worker.wait(15) == 0
 
 
+#: Fewer objects than a process holds once our package and the app are loaded.
+STARTUP_OBJECTS = 5000
+
+
+def test_worker_freezes_the_heap_of_the_loaded_app_out_of_garbage_collections(
+    tmp_path: Path,
+) -> None:
+    from _worker_helpers import request
+
+    from wsgi_channels.layers import layer_from_url
+
+    url = f"sqlite:///{tmp_path / 'layer.sqlite3'}"
+    worker = subprocess.Popen(
+        cli_command("worker", "_worker_helpers:app", "--layer", url),
+        env=child_env({}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with layer_from_url(url) as layer:
+            reply = request(layer, "GET", "/gc-frozen", reply_timeout=20)
+        assert reply.status == 200
+        assert int(reply.body) > STARTUP_OBJECTS
+    finally:
+        worker.terminate()
+        assert worker.wait(15) == 0
+
+
+def test_run_freezes_the_heap_of_the_loaded_app_out_of_garbage_collections(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'run.sqlite3'}"
+    process = CliProcess(
+        "run", "_worker_helpers:app", "--bind", f"127.0.0.1:{port}", "--layer", url
+    )
+    process.start()
+    try:
+        wait_for_port(port)
+        response = requests.get(f"http://127.0.0.1:{port}/gc-frozen", timeout=10)
+        assert response.status_code == 200
+        assert int(response.text) > STARTUP_OBJECTS
+    finally:
+        assert process.stop() == 0, process.output
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_BATCH"), reason="no SCHED_BATCH here")
 @pytest.mark.parametrize(
     ("args", "env", "batch"),

@@ -23,6 +23,10 @@ NO_CONTROL_SOCKET = (
 )
 
 
+#: Fewer objects than a process holds once our package and the app are loaded.
+STARTUP_OBJECTS = 5000
+
+
 class Gunicorn:
     def __init__(self, url: str, tmp: Path, *args: str) -> None:
         self.log = tmp / "gunicorn.log"
@@ -95,6 +99,8 @@ def test_serves_respawns_after_kill_and_reloads_on_hup(gunicorn: Any) -> None:
     first = server.pid()
     assert first != server.proc.pid  # a child serves, not the master
     assert request(server.layer, "GET", "/hello").body == b"hello"
+    # The heap of the loaded app is frozen out of the garbage collections.
+    assert int(request(server.layer, "GET", "/gc-frozen").body) > STARTUP_OBJECTS
 
     # HUP: the old worker finishes what it is running while a new one takes over.
     slow = http_message(server.layer, "GET", "/slow", query_string=b"t=1.5", timeout=20)

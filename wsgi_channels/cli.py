@@ -816,7 +816,7 @@ def worker(
 ) -> None:
     """Run APP on the messages of the layer until SIGTERM/SIGINT."""
     from .layers import set_default_layer
-    from .worker import Worker
+    from .worker import Worker, freeze_startup_heap
 
     _check_metrics(metrics_address)
     wsgi_app = load_app(app)
@@ -829,9 +829,11 @@ def worker(
     try:
         (recorder,) = _start_metrics(metrics_address, layer, "worker")
         recorder.worker_threads(threads)
-        Worker(
+        worker = Worker(
             wsgi_app, layer, threads=threads, metrics=recorder, batch_scheduling=batch_scheduling
-        ).run()
+        )
+        freeze_startup_heap()
+        worker.run()
     finally:
         layer.close()
 

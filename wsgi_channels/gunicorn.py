@@ -49,7 +49,7 @@ from gunicorn.workers.base import Worker as GunicornWorker
 from . import metrics
 from .layers import LAYER_ENV, get_default_layer
 from .layers.base import ConfigurationError
-from .worker import Worker
+from .worker import Worker, freeze_startup_heap
 
 __all__ = ["ChannelWorker"]
 
@@ -192,6 +192,7 @@ class ChannelWorker(GunicornWorker):  # type: ignore[misc]
         options = self.worker_options()
         recorder.worker_threads(options["threads"])
         worker = Worker(self.wsgi, self.layer, metrics=recorder, **options)
+        freeze_startup_heap()
         self.log.info("wsgi-channels worker (pid %s) taking messages", self.pid)
         try:
             worker.serve(should_stop=self._should_stop, on_tick=self.notify)

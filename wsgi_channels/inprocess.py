@@ -57,7 +57,7 @@ def serve_app(
     from wsgi_channels.interface import InterfaceConfig, InterfaceServer
     from wsgi_channels.layers import set_default_layer
     from wsgi_channels.layers.base import ConfigurationError
-    from wsgi_channels.worker import Worker
+    from wsgi_channels.worker import Worker, freeze_startup_heap
 
     cli._check_metrics(metrics_address)
     cli._check_bind(host, port, uds)
@@ -74,6 +74,7 @@ def serve_app(
         raise
     worker_metrics.worker_threads(threads)
     worker = Worker(app, layer, threads=threads, metrics=worker_metrics)
+    freeze_startup_heap()
     # A daemon thread: a reloader ends the process with sys.exit() to restart it.
     worker_thread = threading.Thread(target=worker.serve, name="wsgi-channels-worker", daemon=True)
     worker_thread.start()
