@@ -35,6 +35,12 @@ def live(request):
 
 
 GREETING = "hello "
+
+
+def gc_frozen(request):
+    import gc
+
+    return HttpResponse(str(gc.get_freeze_count()), content_type="text/plain")
 """
 
 
@@ -60,11 +66,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         .replace(
             "path('admin/', admin.site.urls),",
-            "path('admin/', admin.site.urls),\n    path('live/', views.live),",
+            "path('admin/', admin.site.urls),\n    path('live/', views.live),"
+            "\n    path('gc-frozen/', views.gc_frozen),",
         )
         .replace(
             'path("admin/", admin.site.urls),',
-            'path("admin/", admin.site.urls),\n    path("live/", views.live),',
+            'path("admin/", admin.site.urls),\n    path("live/", views.live),'
+            '\n    path("gc-frozen/", views.gc_frozen),',
         )
     )
     assert "views.live" in urls.read_text()
@@ -225,6 +233,9 @@ def test_runworker_and_runinterface_use_the_layer_setting(project: Path) -> None
         wait_for_port(port, timeout=30)
         assert greeting(port, login(port)) == "hello admin"
         assert (project / "project-layer.sqlite3").exists()
+        # The worker froze the loaded project's heap out of garbage collections.
+        frozen = requests.get(f"http://127.0.0.1:{port}/gc-frozen/", timeout=10)
+        assert int(frozen.text) > 5000
     finally:
         print(worker.output, interface.output)
         worker.stop()

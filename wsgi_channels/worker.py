@@ -172,8 +172,9 @@ def freeze_startup_heap() -> None:
     the freeze the collector walks only what requests leave behind. Objects are still
     freed by reference counting; what the collector no longer finds is a reference
     cycle made at startup and dropped later. Called by the processes our commands own
-    (``wsgi-channels worker`` and ``run``, the gunicorn worker class) once the app is
-    loaded, not by :class:`Worker`, which may run inside a process of someone else's.
+    (``wsgi-channels worker`` and ``run``, the gunicorn worker class, ``manage.py
+    runworker``) once the app is loaded, not by :class:`Worker`, which may run inside
+    a process of someone else's.
     """
     gc.collect()
     gc.freeze()

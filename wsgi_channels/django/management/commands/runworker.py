@@ -27,13 +27,15 @@ class Command(BaseCommand):  # type: ignore[misc]
 
         from wsgi_channels import cli
         from wsgi_channels.layers import set_default_layer
-        from wsgi_channels.worker import Worker
+        from wsgi_channels.worker import Worker, freeze_startup_heap
 
         app = get_internal_wsgi_application()
         layer = open_layer(options["layer_url"])
         set_default_layer(layer)
         cli._configure_logging()
         try:
-            Worker(app, layer, threads=max(1, options["threads"])).run()
+            worker = Worker(app, layer, threads=max(1, options["threads"]))
+            freeze_startup_heap()
+            worker.run()
         finally:
             layer.close()
