@@ -476,3 +476,102 @@ def test_a_layer_without_receive_batch_still_serves_http_and_websockets() -> Non
         worker.stop()
         for thread in threads:
             thread.join(10)
+
+
+def test_sockets_with_and_without_compression_get_their_echoes_and_group_messages() -> None:
+    """Under a uvicorn that negotiates permessage-deflate (``create_app`` with options of
+    the user's), a compressed socket's frames are wsproto's own and an uncompressed
+    one's are the prepared bytes; each client reads the same messages."""
+    import threading
+
+    import uvicorn
+    from apps import echo
+    from conftest import free_port, wait_for_port
+
+    from wsgi_channels.interface import (
+        BoundedHttpToolsProtocol,
+        GoingAwayWSProtocol,
+        InterfaceServer,
+    )
+    from wsgi_channels.worker import Worker
+
+    layer = layer_from_url("memory://")
+    port = free_port()
+    worker = Worker(echo, layer, threads=2)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            InterfaceServer(layer),
+            host="127.0.0.1",
+            port=port,
+            http=BoundedHttpToolsProtocol,
+            ws=GoingAwayWSProtocol,
+            ws_per_message_deflate=True,
+            lifespan="on",
+            log_level="warning",
+        )
+    )
+    threads = [
+        threading.Thread(target=worker.serve, daemon=True),
+        threading.Thread(target=server.run, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    long_text = "compressible " * 2000
+
+    async def talk(compression: str | None) -> tuple[str, list[object]]:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/ws/group?g=mixed", compression=compression
+        ) as ws:
+            assert ws.response is not None
+            negotiated = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            await ws.send("echo me")
+            got = [await asyncio.wait_for(ws.recv(), 5)]
+            await ws.send(long_text)
+            got.append(await asyncio.wait_for(ws.recv(), 5))
+            layer.send_group("mixed", {"text": "to the group"})
+            got.append(await asyncio.wait_for(ws.recv(), 5))
+            layer.send_group("mixed", {"bytes": b"\x00\xff" * 500})
+            got.append(await asyncio.wait_for(ws.recv(), 5))
+            return negotiated, got
+
+    def first_bytes_on_the_wire() -> list[int]:
+        """A raw client offering permessage-deflate: the first byte (FIN, RSV1 = the
+        compressed bit, opcode) of its echo's frame and of a group message's."""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"GET /ws/group?g=raw HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(4096)
+            assert b"permessage-deflate" in head.lower()
+            payload = b"x" * 100
+            mask = b"\x01\x02\x03\x04"
+            masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+            sock.sendall(bytes((0x81, 0x80 | len(payload))) + mask + masked)  # uncompressed
+            first = [sock.recv(1)[0]]
+            sock.recv(65536)  # the rest of that frame
+            layer.send_group("raw", {"text": "y" * 100})
+            first.append(sock.recv(1)[0])
+            return first
+
+    try:
+        wait_for_port(port)
+        # FIN + RSV1 + text: compressed by wsproto, not the prepared (uncompressed) bytes.
+        assert first_bytes_on_the_wire() == [0xC1, 0xC1]
+        expected = ["echo me", long_text, "to the group", b"\x00\xff" * 500]
+        negotiated, got = run(talk("deflate"))  # type: ignore[misc]
+        assert "permessage-deflate" in negotiated
+        assert got == expected
+        negotiated, got = run(talk(None))  # type: ignore[misc]
+        assert negotiated == ""
+        assert got == expected
+    finally:
+        server.should_exit = True
+        worker.stop()
+        for thread in threads:
+            thread.join(10)

@@ -29,6 +29,7 @@ __all__ = [
     "SHUTDOWN_KEY",
     "BoundedHttpToolsProtocol",
     "GoingAwayWSProtocol",
+    "data_frame",
     "prepare_frame",
 ]
 
@@ -47,6 +48,14 @@ MAX_PIPELINE: int = InterfaceConfig.max_pipeline
 #: client that pings and never reads cannot pile up pongs (the default of
 #: ``WSGI_CHANNELS_PONG_BACKLOG``).
 PONG_BACKLOG: int = InterfaceConfig.pong_backlog
+
+
+def data_frame(data: str | bytes) -> bytes:
+    """The frame of one reply's ``text`` (a text frame) or ``bytes`` (a binary one), as
+    :func:`prepare_frame` makes it."""
+    if isinstance(data, str):
+        return prepare_frame(data.encode("utf-8", "surrogatepass"), text=True)
+    return prepare_frame(data, text=False)
 
 
 def prepare_frame(payload: bytes, *, text: bool) -> bytes:
@@ -352,11 +361,38 @@ class GoingAwayWSProtocol(WSProtocol):
             return  # the client does not read: answering would only grow the buffer
         super().handle_ping(event)
 
+    #: Whether permessage-deflate was negotiated, once the handshake is done.
+    _compressed: bool | None = None
+
     @property
     def compressed(self) -> bool:
-        """Whether permessage-deflate was negotiated (then frames are its own)."""
-        connection = getattr(self.conn, "_connection", None)
-        return bool(getattr(connection, "_extensions", None))
+        """Whether permessage-deflate was negotiated (then data frames are wsproto's
+        own, compressed, rather than the prepared bytes). Where it cannot tell (a
+        wsproto whose insides differ), it says yes: wsproto then encodes each frame."""
+        if self._compressed is not None:
+            return self._compressed
+        if not self.config.ws_per_message_deflate:
+            self._compressed = False  # we offer no extension (our default)
+            return False
+        connection = self.conn.connection
+        if connection is None:  # not accepted yet
+            return True
+        extensions = getattr(getattr(connection, "_proto", None), "extensions", None)
+        self._compressed = extensions is None or any(ext.enabled() for ext in extensions)
+        return self._compressed
+
+    def takes_data_frame(self) -> bool:
+        """Whether a data frame written now with :meth:`write_frame` is what uvicorn's
+        ``send`` would write: the handshake done, no close sent, the client there, the
+        transport not paused (uvicorn's ``send`` would wait) and no compression."""
+        return (
+            self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.writable.is_set()
+            and not self.transport.is_closing()
+            and not self.compressed
+        )
 
     def write_frame(self, frame: bytes) -> int:
         """Write a frame made by :func:`prepare_frame` unless the socket is closing;

@@ -29,7 +29,7 @@ from ..layers.aio import AsyncFace, Entry, Receipt, async_face
 from ..layers.base import ChannelFull, Layer
 from ..metrics import NULL_METRICS, Recorder
 from ..protocol import DONE_KEY, INTERFACE_PREFIX, check_websocket_reply, full_retry_pauses
-from .protocols import prepare_frame
+from .protocols import data_frame
 
 if TYPE_CHECKING:
     from .websocket import WebSocketSession
@@ -333,11 +333,7 @@ class ReplyRouter:
             if session is not None and session.takes_frames():
                 if frame is None:
                     text = message.get("text")
-                    frame = (
-                        prepare_frame(text.encode("utf-8", "surrogatepass"), text=True)
-                        if text is not None
-                        else prepare_frame(message["bytes"], text=False)
-                    )
+                    frame = data_frame(message["bytes"] if text is None else text)
                 session.write_frame(frame)
                 continue
             inbox = inboxes.get(channel)

@@ -24,7 +24,7 @@ from ..protocol import (
     websocket_event,
 )
 from .config import InterfaceConfig
-from .protocols import FRAMES_EXTENSION
+from .protocols import FRAMES_EXTENSION, data_frame
 from .routing import Event, Inbox, Message, Receive, ReplyRouter, Send, send_when_room
 
 __all__ = ["WebSocketSession"]
@@ -129,6 +129,17 @@ class WebSocketSession:
             await self.send(message)
         except (OSError, RuntimeError):  # uvicorn's ClientDisconnected is an OSError
             self.closed = True
+
+    async def _send_data(self, data: str | bytes) -> None:
+        """One text (str) or binary (bytes) frame: written as prepared bytes where the
+        socket takes them as uvicorn would (no compression, not paused), which spares
+        wsproto's encoding of each reply; else through the ASGI ``send``."""
+        frames = self.frames
+        if frames is not None and not self.closed and frames.takes_data_frame():
+            frames.write_frame(data_frame(data))
+            return
+        key = "text" if isinstance(data, str) else "bytes"
+        await self._socket_send({"type": "websocket.send", key: data})
 
     async def _close(self, code: int) -> None:
         await self._socket_send({"type": "websocket.close", "code": code})
@@ -300,10 +311,10 @@ class WebSocketSession:
         self.router.metrics.frames_out(reply)
         text = reply.get("text")
         if text is not None:
-            await self._socket_send({"type": "websocket.send", "text": text})
+            await self._send_data(text)
         data = reply.get("bytes")
         if data is not None:
-            await self._socket_send({"type": "websocket.send", "bytes": data})
+            await self._send_data(data)
         close = reply.get("close")
         if close:
             await self._close(1000 if close is True else int(close))
