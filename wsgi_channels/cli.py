@@ -824,16 +824,16 @@ def worker(
     _warn_if_private(layer_url_of(layer_url))
     # Channel() and Group() in the app, without layer=, use the layer served here.
     set_default_layer(layer)
+    # Before the start line: once it is out, a supervisor may signal at any moment.
+    freeze_startup_heap()
     _configure_logging(log_level, access_log=access_log)
     click.echo(f" * Running {app} with layer {shown_layer_url(layer_url_of(layer_url))}")
     try:
         (recorder,) = _start_metrics(metrics_address, layer, "worker")
         recorder.worker_threads(threads)
-        worker = Worker(
+        Worker(
             wsgi_app, layer, threads=threads, metrics=recorder, batch_scheduling=batch_scheduling
-        )
-        freeze_startup_heap()
-        worker.run()
+        ).run()
     finally:
         layer.close()
 
