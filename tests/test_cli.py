@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -268,6 +270,35 @@ POLICY_CASES = [
 ]
 
 
+@contextlib.contextmanager
+def worker_answering(
+    tmp_path: Path, app: str, path: str, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """``wsgi-channels worker APP`` on a SQLite layer in *tmp_path* (its working
+    directory); yields the process and its reply to a GET of *path*, then stops it and
+    checks that it exited 0."""
+    from _worker_helpers import request
+
+    from wsgi_channels.layers import layer_from_url
+
+    url = f"sqlite:///{tmp_path / 'layer.sqlite3'}"
+    worker = subprocess.Popen(
+        cli_command("worker", app, "--layer", url, *args),
+        cwd=tmp_path,
+        env=child_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with layer_from_url(url) as layer:
+            reply = request(layer, "GET", path, reply_timeout=20)
+        assert reply.status == 200
+        yield worker, reply
+    finally:
+        worker.terminate()
+        assert worker.wait(15) == 0
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_BATCH"), reason="no SCHED_BATCH here")
 @pytest.mark.parametrize(
     ("args", "env", "batch"),
@@ -278,30 +309,12 @@ def test_worker_runs_the_app_under_sched_batch_unless_told_not_to(
 ) -> None:
     import os
 
-    from _worker_helpers import request
-
-    from wsgi_channels.layers import layer_from_url
-
-    url = f"sqlite:///{tmp_path / 'layer.sqlite3'}"
     (tmp_path / "policyapp.py").write_text(POLICY_APP)
-    worker = subprocess.Popen(
-        cli_command("worker", "policyapp:app", "--layer", url, *args),
-        cwd=tmp_path,
-        env=child_env(env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with layer_from_url(url) as layer:
-            reply = request(layer, "GET", "/", reply_timeout=20)
-        assert reply.status == 200
+    with worker_answering(tmp_path, "policyapp:app", "/", *args, env=env) as (worker, reply):
         expected = os.SCHED_BATCH if batch else os.SCHED_OTHER
         assert int(reply.body) == expected
         # The process's main thread (signals, shutdown) keeps the default policy.
         assert os.sched_getscheduler(worker.pid) == os.SCHED_OTHER
-    finally:
-        worker.terminate()
-        assert worker.wait(15) == 0
 
 
 #: Fewer objects than a process holds once our package and the app are loaded.
@@ -311,25 +324,8 @@ STARTUP_OBJECTS = 5000
 def test_worker_freezes_the_heap_of_the_loaded_app_out_of_garbage_collections(
     tmp_path: Path,
 ) -> None:
-    from _worker_helpers import request
-
-    from wsgi_channels.layers import layer_from_url
-
-    url = f"sqlite:///{tmp_path / 'layer.sqlite3'}"
-    worker = subprocess.Popen(
-        cli_command("worker", "_worker_helpers:app", "--layer", url),
-        env=child_env({}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with layer_from_url(url) as layer:
-            reply = request(layer, "GET", "/gc-frozen", reply_timeout=20)
-        assert reply.status == 200
+    with worker_answering(tmp_path, "_worker_helpers:app", "/gc-frozen") as (_, reply):
         assert int(reply.body) > STARTUP_OBJECTS
-    finally:
-        worker.terminate()
-        assert worker.wait(15) == 0
 
 
 def test_run_freezes_the_heap_of_the_loaded_app_out_of_garbage_collections(

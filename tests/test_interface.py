@@ -4,6 +4,7 @@ on the SQLite and Redis layers; plus the pure origin rules."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import os
@@ -11,6 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -428,7 +430,10 @@ class Asgi10Layer:
         self._layer.send_group(group, message)
 
 
-def test_a_layer_without_receive_batch_still_serves_http_and_websockets() -> None:
+@contextlib.contextmanager
+def served_in_threads(layer: Any, **uvicorn_options: Any) -> Iterator[int]:
+    """``apps.echo`` on a Worker (2 threads) and an InterfaceServer under uvicorn, both
+    in threads of this process on *layer*; yields the port once it listens."""
     import threading
 
     import uvicorn
@@ -438,20 +443,13 @@ def test_a_layer_without_receive_batch_still_serves_http_and_websockets() -> Non
     from wsgi_channels.interface import InterfaceServer
     from wsgi_channels.worker import Worker
 
-    layer = Asgi10Layer()
-    assert not hasattr(layer, "receive_batch")
     port = free_port()
     worker = Worker(echo, layer, threads=2)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            InterfaceServer(layer),  # type: ignore[arg-type]
-            host="127.0.0.1",
-            port=port,
-            ws="wsproto",
-            lifespan="on",
-            log_level="warning",
-        )
-    )
+    config = uvicorn.Config(
+        InterfaceServer(layer), host="127.0.0.1", port=port, lifespan="on",
+        log_level="warning", **uvicorn_options,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
     threads = [
         threading.Thread(target=worker.serve, daemon=True),
         threading.Thread(target=server.run, daemon=True),
@@ -460,6 +458,18 @@ def test_a_layer_without_receive_batch_still_serves_http_and_websockets() -> Non
         thread.start()
     try:
         wait_for_port(port)
+        yield port
+    finally:
+        server.should_exit = True
+        worker.stop()
+        for thread in threads:
+            thread.join(10)
+
+
+def test_a_layer_without_receive_batch_still_serves_http_and_websockets() -> None:
+    layer = Asgi10Layer()
+    assert not hasattr(layer, "receive_batch")
+    with served_in_threads(layer, ws="wsproto") as port:
         response = requests.get(f"http://127.0.0.1:{port}/echo?x=1", timeout=10)
         assert response.status_code == 200
 
@@ -471,54 +481,18 @@ def test_a_layer_without_receive_batch_still_serves_http_and_websockets() -> Non
                 return [first, await asyncio.wait_for(ws.recv(), 5)]
 
         assert run(talk()) == ["to the group", "echo me"]
-    finally:
-        server.should_exit = True
-        worker.stop()
-        for thread in threads:
-            thread.join(10)
 
 
 def test_sockets_with_and_without_compression_get_their_echoes_and_group_messages() -> None:
     """Under a uvicorn that negotiates permessage-deflate (``create_app`` with options of
     the user's), a compressed socket's frames are wsproto's own and an uncompressed
     one's are the prepared bytes; each client reads the same messages."""
-    import threading
-
-    import uvicorn
-    from apps import echo
-    from conftest import free_port, wait_for_port
-
-    from wsgi_channels.interface import (
-        BoundedHttpToolsProtocol,
-        GoingAwayWSProtocol,
-        InterfaceServer,
-    )
-    from wsgi_channels.worker import Worker
+    from wsgi_channels.interface import BoundedHttpToolsProtocol, GoingAwayWSProtocol
 
     layer = layer_from_url("memory://")
-    port = free_port()
-    worker = Worker(echo, layer, threads=2)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            InterfaceServer(layer),
-            host="127.0.0.1",
-            port=port,
-            http=BoundedHttpToolsProtocol,
-            ws=GoingAwayWSProtocol,
-            ws_per_message_deflate=True,
-            lifespan="on",
-            log_level="warning",
-        )
-    )
-    threads = [
-        threading.Thread(target=worker.serve, daemon=True),
-        threading.Thread(target=server.run, daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
     long_text = "compressible " * 2000
 
-    async def talk(compression: str | None) -> tuple[str, list[object]]:
+    async def talk(port: int, compression: str | None) -> tuple[str, list[object]]:
         async with websockets.connect(
             f"ws://127.0.0.1:{port}/ws/group?g=mixed", compression=compression
         ) as ws:
@@ -534,7 +508,7 @@ def test_sockets_with_and_without_compression_get_their_echoes_and_group_message
             got.append(await asyncio.wait_for(ws.recv(), 5))
             return negotiated, got
 
-    def first_bytes_on_the_wire() -> list[int]:
+    def first_bytes_on_the_wire(port: int) -> list[int]:
         """A raw client offering permessage-deflate: the first byte (FIN, RSV1 = the
         compressed bit, opcode) of its echo's frame and of a group message's."""
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -559,19 +533,15 @@ def test_sockets_with_and_without_compression_get_their_echoes_and_group_message
             first.append(sock.recv(1)[0])
             return first
 
-    try:
-        wait_for_port(port)
+    with served_in_threads(
+        layer, http=BoundedHttpToolsProtocol, ws=GoingAwayWSProtocol, ws_per_message_deflate=True
+    ) as port:
         # FIN + RSV1 + text: compressed by wsproto, not the prepared (uncompressed) bytes.
-        assert first_bytes_on_the_wire() == [0xC1, 0xC1]
+        assert first_bytes_on_the_wire(port) == [0xC1, 0xC1]
         expected = ["echo me", long_text, "to the group", b"\x00\xff" * 500]
-        negotiated, got = run(talk("deflate"))  # type: ignore[misc]
+        negotiated, got = run(talk(port, "deflate"))  # type: ignore[misc]
         assert "permessage-deflate" in negotiated
         assert got == expected
-        negotiated, got = run(talk(None))  # type: ignore[misc]
+        negotiated, got = run(talk(port, None))  # type: ignore[misc]
         assert negotiated == ""
         assert got == expected
-    finally:
-        server.should_exit = True
-        worker.stop()
-        for thread in threads:
-            thread.join(10)
