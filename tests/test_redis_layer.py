@@ -84,6 +84,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
             {"ssl_cert_reqs": "none", "ssl_check_hostname": False},
             id="tls",
         ),
+        pytest.param(
+            "rediss://h?socket_keepalive=Y&ssl_check_hostname=off",
+            {"socket_keepalive": True, "ssl_check_hostname": False},
+            id="flags-spelt-as-the-command-line's",
+        ),
         pytest.param("unix:///tmp/r.sock?db=1", {"path": "/tmp/r.sock", "db": 1}, id="unix"),
     ],
 )
@@ -124,6 +129,7 @@ def test_layer_options_from_query() -> None:
         pytest.param("redis://:s3cret@h:port/0", "bad Redis URL", id="bad-port"),
         pytest.param("redis://:s3cret@h/0?capacity=lots", "bad value", id="bad-value"),
         pytest.param("redis://:s3cret@h/0?prefix=a:b", "prefix", id="bad-prefix"),
+        pytest.param("redis://:s3cret@h/0?socket_keepalive=sometimes", "bad value", id="bad-flag"),
         pytest.param("redis://:s3cret@h/0?ssl_ca_certs=/ca", "rediss://", id="ssl-plain"),
         pytest.param(
             "redis://:s3cret@a/0?expiry=1,redis://:s3cret@b/0?expiry=2",

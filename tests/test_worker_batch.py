@@ -3,9 +3,11 @@ waits behind another, and http.request cannot starve the websocket.* channels.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -129,22 +131,35 @@ def _thread_ident(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"%d" % threading.get_ident()]
 
 
+@contextlib.contextmanager
+def _worker_with_grace(
+    monkeypatch: pytest.MonkeyPatch, app: Any, *, grace: float, threads: int
+) -> Iterator[MemoryChannelLayer]:
+    """A worker on a memory layer with its TAKE_GRACE made long, so that the rule
+    under test, not the machine's speed, decides."""
+    monkeypatch.setattr(worker_module, "TAKE_GRACE", grace)
+    layer = MemoryChannelLayer(receive_timeout=0.2)
+    with running_worker(app, layer, threads=threads):
+        yield layer
+
+
+def _get(layer: MemoryChannelLayer, path: str) -> bytes:
+    message = http_message(layer, path=path)
+    layer.send("http.request", message)
+    return read_reply(layer, message["reply_channel"]).body
+
+
 def test_at_concurrency_1_the_thread_that_answered_takes_the_next(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # One request at a time: the thread that ran one takes the next itself (its grace
     # lets it claim the take duty at once, while idle threads wait), so the next
     # request finds that thread warm and no second receive competes with the app.
-    # The grace is made long here so that the rule, not the machine's speed, decides.
-    monkeypatch.setattr(worker_module, "TAKE_GRACE", 0.5)
-    layer = MemoryChannelLayer(receive_timeout=0.2)
     threads: set[bytes] = set()
-    with running_worker(_thread_ident, layer, threads=4):
+    with _worker_with_grace(monkeypatch, _thread_ident, grace=0.5, threads=4) as layer:
         for i in range(6):
-            message = http_message(layer, path=f"/{i}")
             sent = time.monotonic()
-            layer.send("http.request", message)
-            threads.add(read_reply(layer, message["reply_channel"]).body)
+            threads.add(_get(layer, f"/{i}"))
             assert time.monotonic() - sent < 0.3  # never held by its own grace
             time.sleep(0.01)
     assert len(threads) == 1, threads
@@ -165,10 +180,7 @@ def test_at_concurrency_1_idle_threads_are_not_woken_by_each_request(
     # One request after another on 8 threads: one thread serves them all, and the
     # seven idle ones sleep through. A wake-up per request (to wait out the grace)
     # would want the GIL while the app runs, which at concurrency 1 costs more than
-    # the app. The grace is made long so that the rule, not the machine's speed,
-    # decides: its watcher looks once per grace, not once per request.
-    monkeypatch.setattr(worker_module, "TAKE_GRACE", 0.05)
-    layer = MemoryChannelLayer(receive_timeout=0.2)
+    # the app. The watcher of the (long) grace looks once per grace, not per request.
     served: set[int] = set()
 
     def native_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -177,10 +189,8 @@ def test_at_concurrency_1_idle_threads_are_not_woken_by_each_request(
         return [b"ok"]
 
     requests = 300
-    with running_worker(native_app, layer, threads=8):
-        for message in [http_message(layer, path="/warm")]:
-            layer.send("http.request", message)
-            read_reply(layer, message["reply_channel"])
+    with _worker_with_grace(monkeypatch, native_app, grace=0.05, threads=8) as layer:
+        _get(layer, "/warm")
         deadline = time.monotonic() + 5
         while True:  # the pool threads, once all have started
             pool = [
@@ -196,9 +206,7 @@ def test_at_concurrency_1_idle_threads_are_not_woken_by_each_request(
         before = {n: _voluntary_switches(n) for n in pool}
         started = time.monotonic()
         for i in range(requests):
-            message = http_message(layer, path=f"/{i}")
-            layer.send("http.request", message)
-            assert read_reply(layer, message["reply_channel"]).body == b"ok"
+            assert _get(layer, f"/{i}") == b"ok"
         elapsed = time.monotonic() - started
         after = {n: _voluntary_switches(n) for n in pool}
     idle = sum(after[n] - before[n] for n in pool if n not in served)

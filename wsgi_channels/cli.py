@@ -816,7 +816,8 @@ def worker(
 ) -> None:
     """Run APP on the messages of the layer until SIGTERM/SIGINT."""
     from .layers import set_default_layer
-    from .worker import Worker, freeze_startup_heap
+    from .process import freeze_startup_heap
+    from .worker import Worker
 
     _check_metrics(metrics_address)
     wsgi_app = load_app(app)

@@ -49,7 +49,8 @@ from gunicorn.workers.base import Worker as GunicornWorker
 from . import metrics
 from .layers import LAYER_ENV, get_default_layer
 from .layers.base import ConfigurationError
-from .worker import Worker, freeze_startup_heap
+from .process import freeze_startup_heap
+from .worker import Worker
 
 __all__ = ["ChannelWorker"]
 

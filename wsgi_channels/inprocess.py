@@ -57,7 +57,8 @@ def serve_app(
     from wsgi_channels.interface import InterfaceConfig, InterfaceServer
     from wsgi_channels.layers import set_default_layer
     from wsgi_channels.layers.base import ConfigurationError
-    from wsgi_channels.worker import Worker, freeze_startup_heap
+    from wsgi_channels.process import freeze_startup_heap
+    from wsgi_channels.worker import Worker
 
     cli._check_metrics(metrics_address)
     cli._check_bind(host, port, uds)

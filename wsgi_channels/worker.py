@@ -23,8 +23,8 @@ Threads:
   interface server (docs/protocol.md).
 
 With ``batch_scheduling`` (the default) the pool and control threads run under Linux's
-``SCHED_BATCH`` policy (:func:`_batch_scheduling`): the same share of the CPU, but a
-thread woken does not preempt the one running, which on a busy machine cuts the
+``SCHED_BATCH`` policy (:func:`~wsgi_channels.process.batch_scheduling`): the same share
+of the CPU, but a thread woken does not preempt the one running, which on a busy machine cuts the
 context switches of threads handing the GIL to each other.
 
 The layer is any object with the ASGI 1.0 layer methods
@@ -38,12 +38,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import io
 import itertools
 import logging
 import math
-import os
 import secrets
 import signal
 import threading
@@ -71,6 +69,7 @@ from .layers.base import (
     MessageTooLarge,
 )
 from .metrics import NULL_METRICS, Recorder
+from .process import BATCH_SCHEDULING_ENV, batch_scheduling, env_flag
 from .protocol import (
     CONTROL_KEY,
     DEADLINE_KEY,
@@ -124,60 +123,6 @@ TAKE_GRACE = 0.001
 #: 1): then idle threads must be ready in the layer, as the next message will not wait
 #: for the end of the one running.
 GRACE_QUIET = 0.1
-
-
-#: The environment variable that turns :func:`_batch_scheduling` off (``0``).
-BATCH_SCHEDULING_ENV = "WSGI_CHANNELS_BATCH_SCHEDULING"
-_FLAG_WORDS = {
-    **dict.fromkeys(("1", "true", "t", "yes", "y", "on"), True),
-    **dict.fromkeys(("0", "false", "f", "no", "n", "off"), False),
-}
-
-
-def _env_flag(name: str, *, default: bool, environ: Mapping[str, str] | None = None) -> bool:
-    """A yes/no environment variable, spelt as the command line's flags take it."""
-    raw = (os.environ if environ is None else environ).get(name, "").strip().lower()
-    if not raw:
-        return default
-    try:
-        return _FLAG_WORDS[raw]
-    except KeyError:
-        raise ConfigurationError(
-            f"{name}={raw!r} is neither on (1, true) nor off (0, false)"
-        ) from None
-
-
-def _batch_scheduling() -> None:
-    """Put the calling thread under ``SCHED_BATCH`` (Linux): the CFS treats it as
-    CPU-bound, so that when it is woken (its reply's round trip is back, the GIL is
-    free) it waits for the running thread's slice instead of preempting it. Its share
-    of the CPU and its nice level do not change. Threads it starts inherit the policy.
-    Nothing happens where the platform has no such policy or refuses it."""
-    policy = getattr(os, "SCHED_BATCH", None)
-    if policy is None:
-        return
-    try:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-    except OSError as exc:
-        log.debug("SCHED_BATCH refused: %s", exc)
-
-
-def freeze_startup_heap() -> None:
-    """Leave every object alive now (the app, its modules, the layer) out of the
-    garbage collections to come: one collection, then :func:`gc.freeze`.
-
-    A worker process holds tens of thousands of objects once the app is loaded (48,000
-    for a Flask hello world), and each full collection walked them all with every
-    thread stopped: 20-46 ms per collection here under load, several a minute. After
-    the freeze the collector walks only what requests leave behind. Objects are still
-    freed by reference counting; what the collector no longer finds is a reference
-    cycle made at startup and dropped later. Called by the processes our commands own
-    (``wsgi-channels worker`` and ``run``, the gunicorn worker class, ``manage.py
-    runworker``) once the app is loaded, not by :class:`Worker`, which may run inside
-    a process of someone else's.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 _BAD_REQUEST = error_reply(400, b"Bad Request\n")
@@ -356,8 +301,9 @@ class Worker:
     messages, for process recycling (gunicorn's ``--max-requests``); ``metrics`` is a
     :mod:`wsgi_channels.metrics` recorder (default: none, nothing recorded);
     ``batch_scheduling=False`` keeps the pool threads under the default scheduling
-    policy (see :func:`_batch_scheduling`; default: ``WSGI_CHANNELS_BATCH_SCHEDULING``
-    from the environment, on unless it says ``0``, ``false``, ``no`` or ``off``).
+    policy (see :func:`~wsgi_channels.process.batch_scheduling`; default:
+    ``WSGI_CHANNELS_BATCH_SCHEDULING`` from the environment, on unless it says ``0``,
+    ``false``, ``no`` or ``off``).
 
     Nothing a message contains stops the worker: a malformed message is logged and
     answered 400 (WebSocket: closed) on its ``reply_channel`` when that is usable; an
@@ -395,7 +341,7 @@ class Worker:
         self.max_requests = int(max_requests)
         self.metrics = metrics  # wsgi_channels.metrics; a no-op recorder when off
         if batch_scheduling is None:
-            batch_scheduling = _env_flag(BATCH_SCHEDULING_ENV, default=True)
+            batch_scheduling = env_flag(BATCH_SCHEDULING_ENV, default=True)
         self.batch_scheduling = bool(batch_scheduling)
         #: Messages taken from the layer so far.
         self.requests_taken = 0
@@ -550,7 +496,7 @@ class Worker:
         that read the first non-empty channel.
         """
         if self.batch_scheduling:
-            _batch_scheduling()
+            batch_scheduling()
         names = self.channels
         orders = [names[i:] + names[:i] for i in range(len(names))]
         rotations = itertools.islice(itertools.cycle(orders), index % len(orders), None)
@@ -771,7 +717,7 @@ class Worker:
         during a streaming response (docs/protocol.md). The streaming thread sees the
         flag at its next chunk, stops iterating and calls ``close()``."""
         if self.batch_scheduling:
-            _batch_scheduling()
+            batch_scheduling()
         prefix = self._prefix
         while self._control_channel is not None:
             try:

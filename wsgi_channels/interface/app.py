@@ -26,7 +26,7 @@ from typing import Any
 from ..layers import DEFAULT_LAYER_URL, LAYER_ENV, layer_from_url
 from ..layers.base import ChannelsError, Layer
 from ..metrics import NULL_METRICS, Recorder, recorder_from_environ
-from ..worker import BATCH_SCHEDULING_ENV, _batch_scheduling, _env_flag
+from ..process import BATCH_SCHEDULING_ENV, batch_scheduling, env_flag
 from .config import InterfaceConfig, OriginRules
 from .http import HttpExchange
 from .routing import Event, Inbox, Receive, ReplyRouter, Scope, Send
@@ -246,8 +246,8 @@ def create_app(
     ``WSGI_CHANNELS_BATCH_SCHEDULING`` is off: woken by a client or by Redis, the loop
     no longer preempts the process running (paired A/B, docs/scaling.md)."""
     env = os.environ if environ is None else environ
-    if _env_flag(BATCH_SCHEDULING_ENV, default=True, environ=env):
-        _batch_scheduling()
+    if env_flag(BATCH_SCHEDULING_ENV, default=True, environ=env):
+        batch_scheduling()
     layer = layer_from_url(env.get(LAYER_ENV) or DEFAULT_LAYER_URL)
     if metrics is None:
         metrics = recorder_from_environ(env, "interface")

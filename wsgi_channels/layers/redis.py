@@ -75,6 +75,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..process import parse_flag
 from . import mask_url, parse_options
 from .aio import AsyncFace
 from .base import (
@@ -132,15 +133,6 @@ _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SCHEMES = ("redis", "rediss", "unix", *_CLUSTER_SCHEMES, *_SENTINEL_SCHEMES)
 
 
-def _parse_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
 def _parse_cert_reqs(value: str) -> str:
     if value not in ("none", "optional", "required"):
         raise ValueError("expected none, optional or required")
@@ -160,7 +152,7 @@ CONNECTION_OPTIONS: dict[str, Callable[[str], Any]] = {
     "password": str,
     "socket_timeout": float,
     "socket_connect_timeout": float,
-    "socket_keepalive": _parse_bool,
+    "socket_keepalive": parse_flag,
     "health_check_interval": float,
     "client_name": str,
     "max_connections": int,
@@ -169,7 +161,7 @@ CONNECTION_OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_ca_path": str,
     "ssl_certfile": str,
     "ssl_keyfile": str,
-    "ssl_check_hostname": _parse_bool,
+    "ssl_check_hostname": parse_flag,
 }
 #: Options of a ``redis+sentinel://`` URL for the sentinels themselves.
 SENTINEL_OPTIONS: dict[str, Callable[[str], Any]] = {

@@ -27,7 +27,8 @@ class Command(BaseCommand):  # type: ignore[misc]
 
         from wsgi_channels import cli
         from wsgi_channels.layers import set_default_layer
-        from wsgi_channels.worker import Worker, freeze_startup_heap
+        from wsgi_channels.process import freeze_startup_heap
+        from wsgi_channels.worker import Worker
 
         app = get_internal_wsgi_application()
         layer = open_layer(options["layer_url"])
